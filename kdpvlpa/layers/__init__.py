@@ -1,0 +1,7 @@
+"""Building blocks of the Q-Former and the DP-VLPA heads."""
+
+from kdpvlpa.layers.qformer_attention import QFormerAttention
+from kdpvlpa.layers.qformer_feed_forward import QFormerFeedForward
+from kdpvlpa.layers.qformer_layer import QFormerLayer
+
+__all__ = ["QFormerAttention", "QFormerFeedForward", "QFormerLayer"]

@@ -1,0 +1,1 @@
+from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder

@@ -1,0 +1,1 @@
+from kdpvlpa.models.qformer.qformer_backbone import QFormerBackbone

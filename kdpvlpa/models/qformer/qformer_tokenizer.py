@@ -1,0 +1,60 @@
+"""WordPiece tokenisation and packing for the Q-Former's text path.
+
+The tokenizer is keras-hub's `BertTokenizer`: it runs without TensorFlow on
+the torch backend (keras-hub's CLIP tokenizer does not), and the Q-Former's
+text side is BERT, so no CLIP tokenizer is needed anywhere.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_bert_tokenizer(folder):
+    """A keras-hub `BertTokenizer` from a folder holding `vocab.txt`."""
+    from keras_hub.models import BertTokenizer
+
+    folder = Path(folder)
+    vocab = folder / "vocab.txt"
+    if not vocab.is_file():
+        raise FileNotFoundError(
+            f"No WordPiece vocabulary (vocab.txt) in {folder}; the Q-Former's "
+            "tokenizer comes from the same folder as its weights."
+        )
+    lowercase = True
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        lowercase = bool(json.loads(config_file.read_text()).get("do_lower_case", True))
+    # Hugging Face's BERT tokenizer strips accents whenever it lowercases.
+    return BertTokenizer(
+        vocabulary=str(vocab), lowercase=lowercase, strip_accents=lowercase
+    )
+
+
+def pack_text(tokenizer, texts, sequence_length):
+    """Tokenises `texts` into `[CLS] … [SEP]` rows padded to `sequence_length`.
+
+    Returns:
+        `(token_ids, padding_mask)`: int32 and bool arrays of shape
+        `(len(texts), sequence_length)`; text that does not fit is truncated
+        before `[SEP]`.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [str(t) for t in texts]
+    if sequence_length < 3:
+        raise ValueError(
+            f"`sequence_length` must be at least 3. Received: {sequence_length}"
+        )
+    token_ids = np.full((len(texts), sequence_length), tokenizer.pad_token_id, "int32")
+    padding_mask = np.zeros((len(texts), sequence_length), bool)
+    if not texts:
+        return token_ids, padding_mask
+    pieces = tokenizer(texts)
+    for row, ids in enumerate(pieces):
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)][: sequence_length - 2]
+        ids = [tokenizer.cls_token_id] + ids + [tokenizer.sep_token_id]
+        token_ids[row, : len(ids)] = ids
+        padding_mask[row, : len(ids)] = True
+    return token_ids, padding_mask
