@@ -149,9 +149,13 @@ def find_missing_images(paths):
 
 
 def _progress(done, total, label, stream):
-    stream.write(f"\r{label}: {done}/{total} images")
-    if done == total:
-        stream.write("\n")
+    # A terminal gets one line redrawn in place; a log gets a line a quarter.
+    if stream.isatty():
+        stream.write(f"\r{label}: {done}/{total} images")
+        if done == total:
+            stream.write("\n")
+    elif done == total or done * 4 // total != (done - 1) * 4 // total:
+        stream.write(f"{label}: {done}/{total} images\n")
     stream.flush()
 
 

@@ -125,9 +125,13 @@ def dataset_from_split(
     root = Path(root).expanduser().resolve()
     paths = [root / split["image_paths"][n] for n in keep]
     display = f"{split.get('dataset', name)} {part}"
+    scan = scan_images(paths, verify=verify_images, progress=progress)
     if not root.is_dir():
         how_to_get = f"The dataset root {root} does not exist. {how_to_get}"
-    scan = scan_images(paths, verify=verify_images, progress=progress)
+    else:
+        folders = sorted({str(p.parent) for p in scan.missing if not p.parent.is_dir()})
+        if folders:
+            how_to_get = f"Folder(s) not found: {', '.join(folders[:3])}. {how_to_get}"
     if scan.missing:
         message = missing_images_message(scan.missing, scan.total, display, how_to_get)
         if not allow_missing or len(scan.missing) == len(paths):
