@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from kdpvlpa.data import CaptionFileError, load_caption_file, load_split, strip_tail_tags
+from kdpvlpa.data.splits import split_file_path
+
+
+def _jsonl(path, records, torn=None):
+    lines = [json.dumps(r) for r in records]
+    text = "\n".join(lines) + "\n"
+    if torn is not None:
+        text += torn  # an interrupted write: no closing brace, no newline
+    path.write_text(text)
+    return path
+
+
+def _record(image_id, caption):
+    return {"image_id": image_id, "caption": caption,
+            "raw_caption": caption.replace("cow", "<tail>cow</tail>"), "status": "ok"}
+
+
+def test_strip_tail_tags():
+    assert strip_tail_tags("A <tail>cow</tail> and a <TAIL> sheep </tail> .") == "A cow and a sheep."
+    assert strip_tail_tags("no tags here") == "no tags here"
+
+
+def test_jsonl_in_split_order_with_str_and_int_ids(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [_record("b", "cap b"), _record(7, "a <tail>cow</tail>."),
+                                         _record("extra", "ignored")])
+    assert load_caption_file(path, ["7", "b"]) == ["a cow.", "cap b"]
+    assert load_caption_file(path, [7]) == ["a cow."]
+
+
+def test_packaged_lmpt_format():
+    ids = load_split("coco_lt", "train")["image_ids"]
+    captions = load_caption_file(split_file_path("coco_lt", "train_captions_lmpt"), ids[::-1][:3])
+    assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CaptionFileError, match="Caption file not found"):
+        load_caption_file(tmp_path / "none.jsonl", ["a"])
+
+
+def test_bad_line_number(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(_record("a", "x")) + "\n{oops\n" + json.dumps(_record("b", "y")) + "\n")
+    with pytest.raises(CaptionFileError, match="line 2 is not valid JSON") as info:
+        load_caption_file(path, ["a", "b"])
+    assert "generate-captions" not in str(info.value)
+
+
+def test_torn_last_line_suggests_repair(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [_record("a", "x")], torn='{"image_id": "b", "capt')
+    with pytest.raises(CaptionFileError, match="line 2 is not valid JSON.*Rerun generate-captions"):
+        load_caption_file(path, ["a", "b"])
+
+
+def test_missing_keys(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [_record("a", "x"), {"image_id": "b", "text": "y"}])
+    with pytest.raises(CaptionFileError, match="line 2: missing key.*caption"):
+        load_caption_file(path, ["a", "b"])
+    bad_json = tmp_path / "c.json"
+    bad_json.write_text(json.dumps({"image_ids": ["a"], "texts": ["x"]}))
+    with pytest.raises(CaptionFileError, match="without the key 'captions'"):
+        load_caption_file(bad_json, ["a"])
+
+
+def test_duplicate_ids(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [_record("a", "x"), _record("b", "y"), _record("a", "z")])
+    with pytest.raises(CaptionFileError, match="'a' appears more than once.*entries 1 and 3"):
+        load_caption_file(path, ["a", "b"])
+
+
+def test_images_missing_from_file(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [_record("a", "x")])
+    ids = ["a"] + [f"m{i}" for i in range(7)]
+    with pytest.raises(CaptionFileError, match="no caption for 7 of 8 images") as info:
+        load_caption_file(path, ids)
+    assert "m0, m1, m2, m3, m4 (and 2 more)" in str(info.value)
+
+
+def test_caption_not_a_string(tmp_path):
+    path = _jsonl(tmp_path / "c.jsonl", [{"image_id": "a", "caption": None}])
+    with pytest.raises(CaptionFileError, match="must be a string"):
+        load_caption_file(path, ["a"])

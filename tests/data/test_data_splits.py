@@ -1,0 +1,45 @@
+import pytest
+
+from kdpvlpa.data import frequency_groups, load_split, load_split_file, natural_class_names
+
+
+@pytest.mark.parametrize(
+    "dataset, part, num_images, num_classes",
+    [("voc_lt", "train", 1142, 20), ("voc_lt", "test", 4952, 20),
+     ("coco_lt", "train", 1909, 80), ("coco_lt", "test", 5000, 80)],
+)
+def test_packaged_splits(dataset, part, num_images, num_classes):
+    split = load_split(dataset, part)
+    assert split["split"] == part
+    assert len(split["image_ids"]) == len(split["labels"]) == num_images
+    assert len(split["class_names"]) == num_classes
+    freq = split["class_freq"] if part == "train" else split["train_class_freq"]
+    # The packaged groups follow the >= 100 / < 20 rule on training frequency.
+    assert frequency_groups(freq) == (split["head"], split["medium"], split["tail"])
+
+
+def test_unknown_dataset_and_part():
+    with pytest.raises(ValueError, match="Unknown dataset 'imagenet'.*voc_lt, coco_lt"):
+        load_split("imagenet", "train")
+    with pytest.raises(ValueError, match="Unknown split part 'val'"):
+        load_split("voc_lt", "val")
+
+
+def test_natural_class_names():
+    names = load_split("voc_lt", "train")["class_names"]
+    natural = natural_class_names(names)
+    assert natural[names.index("diningtable")] == "dining table"
+    assert natural[names.index("pottedplant")] == "potted plant"
+    assert natural[names.index("tvmonitor")] == "tv monitor"
+    assert natural[0] == "aeroplane"
+    coco = load_split("coco_lt", "train")["class_names"]
+    assert natural_class_names(coco) == coco
+
+
+def test_load_split_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_split_file(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        load_split_file(bad)
