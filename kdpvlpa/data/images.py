@@ -264,7 +264,7 @@ def check_images(paths, dataset_name, how_to_get, verify=False, progress=None):
             decoded.
 
     Example:
-    >>> check_images(["/nonexistent/a.jpg"], "demo", "Get it from X.")
+    >>> check_images(["/nonexistent/a.jpg"], "demo", "Get it from X.")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     ...
     kdpvlpa.data.images.MissingImagesError: demo: 1 of 1 images are missing. First missing: /nonexistent/a.jpg. Get it from X.

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+
+from kdpvlpa.data import (
+    load_caption_file,
+    load_dataset,
+    load_image,
+    load_lt_split,
+    load_synthetic_lt,
+    make_synthetic_lt,
+    synthetic_caption,
+    synthetic_class_names,
+)
+
+FILES = ("synthetic_lt_train.json", "synthetic_lt_test.json", "synthetic_lt_train_captions.json")
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    return make_synthetic_lt(tmp_path_factory.mktemp("syn") / "set")
+
+
+def test_long_tailed_groups(synthetic_root):
+    train = load_synthetic_lt(synthetic_root, "train", verify_images=True)
+    assert (train.num_images, train.num_classes, train.name) == (400, 12, "synthetic")
+    assert train.head and train.medium and train.tail
+    assert (train.class_freq < 20).sum() >= 3
+    assert (train.class_freq >= 100).sum() >= 2
+    assert train.class_freq.tolist() == train.labels.sum(axis=0).astype(int).tolist()
+    assert (train.labels.sum(axis=1) >= 1).all()  # every training image has a label
+    test = load_synthetic_lt(synthetic_root, "test")
+    assert test.class_freq.tolist() == train.class_freq.tolist()  # training frequencies
+    assert (test.labels.sum(axis=0) >= 10).all()  # every class has test positives
+
+
+def test_co_occurrence_structure(synthetic_root):
+    split = json.loads((synthetic_root / FILES[0]).read_text())
+    prob = np.array(split["condition_prob"])
+    off_diagonal = prob - np.eye(len(prob))
+    # Some rare classes appear mostly with one frequent class (rider with bicycle).
+    assert (off_diagonal >= 0.7).sum() >= 3
+
+
+def test_written_format_loads_through_generic_loader(synthetic_root):
+    split = json.loads((synthetic_root / FILES[0]).read_text())
+    for key in ("dataset", "split", "class_names", "image_ids", "image_paths", "labels",
+                "class_freq", "neg_class_freq", "head", "medium", "tail", "condition_prob"):
+        assert key in split
+    test_split = json.loads((synthetic_root / FILES[1]).read_text())
+    for key in ("train_class_freq", "test_pos_count", "num_images_without_labels", "head"):
+        assert key in test_split
+    assert not split["image_paths"][0].startswith("/")
+    ds = load_lt_split(synthetic_root / FILES[0], synthetic_root,
+                       captions_json=synthetic_root / FILES[2], image_ids=split["image_ids"][:5])
+    assert ds.num_images == 5 and ds.name == "synthetic_lt"
+    assert ds.captions == load_caption_file(synthetic_root / FILES[2], ds.image_ids)
+    same = load_dataset("synthetic", synthetic_root, "train", image_ids=ds.image_ids)
+    np.testing.assert_array_equal(same.labels, ds.labels)
+
+
+def test_images_and_captions(synthetic_root):
+    train = load_synthetic_lt(synthetic_root, "train", image_ids=None)
+    pixels = load_image(train.image_paths[0])
+    assert pixels.shape == (64, 64, 3)
+    for caption, row in zip(train.captions[:20], train.labels[:20]):
+        assert caption.startswith("a photo of ")
+        for c in np.flatnonzero(row):
+            assert train.class_names[c] in caption
+
+
+def test_seeded_reproducibility(synthetic_root, tmp_path):
+    again = make_synthetic_lt(tmp_path / "again")
+    for name in FILES:
+        assert (again / name).read_text() == (synthetic_root / name).read_text()
+    first = json.loads((again / FILES[0]).read_text())["image_paths"][:3]
+    for rel in first:
+        assert (again / rel).read_bytes() == (synthetic_root / rel).read_bytes()
+    other = make_synthetic_lt(tmp_path / "other", seed=7, num_train=60, num_test=20)
+    other_labels = json.loads((other / FILES[0]).read_text())["labels"]
+    assert other_labels != json.loads((again / FILES[0]).read_text())["labels"][:60]
+
+
+def test_idempotent_and_regenerates_on_new_parameters(tmp_path):
+    root = make_synthetic_lt(tmp_path / "s", num_classes=5, num_train=40, num_test=20, image_size=32)
+    stamp = {n: (root / n).stat().st_mtime_ns for n in FILES}
+    make_synthetic_lt(tmp_path / "s", num_classes=5, num_train=40, num_test=20, image_size=32)
+    assert stamp == {n: (root / n).stat().st_mtime_ns for n in FILES}
+    make_synthetic_lt(tmp_path / "s", num_classes=5, num_train=30, num_test=20, image_size=32)
+    assert load_synthetic_lt(root, "train").num_images == 30
+    assert len(list((root / "images" / "train").iterdir())) == 30  # stale images removed
+    # An incomplete folder (an image deleted) is rebuilt, not reused.
+    next((root / "images" / "test").iterdir()).unlink()
+    make_synthetic_lt(tmp_path / "s", num_classes=5, num_train=30, num_test=20, image_size=32)
+    assert load_synthetic_lt(root, "test").num_images == 20
+
+
+def test_names_captions_and_bad_arguments(tmp_path):
+    names = synthetic_class_names(30)
+    assert len(set(names)) == 30 and names[0] == "red circle"
+    assert synthetic_caption(["orange ring"]) == "a photo of an orange ring."
+    with pytest.raises(ValueError, match="num_classes must be in 2..144, got 1"):
+        make_synthetic_lt(tmp_path, num_classes=1)
+    with pytest.raises(ValueError, match="num_train must be an int"):
+        make_synthetic_lt(tmp_path, num_train=10.5)
+    with pytest.raises(FileNotFoundError, match="make_synthetic_lt"):
+        load_synthetic_lt(tmp_path / "empty", "train")
