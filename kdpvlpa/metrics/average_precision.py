@@ -24,11 +24,11 @@ def _as_matrix(x, name, dtype):
         raise ValueError(
             f"`{name}` must have shape (N, C). Received: {name}.shape={x.shape}"
         )
-    return x.astype(dtype, copy=False)
+    return x if dtype is None else x.astype(dtype, copy=False)
 
 
 def _check_inputs(y_true, scores, sample_weight):
-    y_true = _as_matrix(y_true, "y_true", np.float64)
+    y_true = _as_matrix(y_true, "y_true", None)
     scores = _as_matrix(scores, "scores", np.float64)
     if y_true.shape != scores.shape:
         raise ValueError(
@@ -41,8 +41,9 @@ def _check_inputs(y_true, scores, sample_weight):
             f"Average precision needs at least one image. Received: "
             f"y_true.shape={y_true.shape}"
         )
-    if not np.isin(y_true, (0.0, 1.0)).all():
-        bad = np.unique(y_true[~np.isin(y_true, (0.0, 1.0))])[:5]
+    binary = (y_true == 0) | (y_true == 1)
+    if not binary.all():
+        bad = np.unique(y_true[~binary])[:5]
         raise ValueError(
             f"`y_true` must hold only 0 and 1. Received other values, such as "
             f"{bad.tolist()}"
@@ -112,44 +113,56 @@ def average_precision(
         `average_precision_score`.
     """
     y_true, scores, sample_weight = _check_inputs(y_true, scores, sample_weight)
-    num_images = y_true.shape[0]
+    num_images, num_classes = y_true.shape
 
-    order = np.argsort(-scores, axis=0, kind="stable")
-    sorted_scores = np.take_along_axis(scores, order, axis=0)
-    positives = np.take_along_axis(y_true, order, axis=0)
-    if sample_weight is None:
-        weights = np.ones_like(positives)
-    else:
-        weights = sample_weight[order]
-    positives *= weights
-
-    true_pos = np.cumsum(positives, axis=0)
-    predicted = np.cumsum(weights, axis=0)
-
-    # Tied scores form one threshold: every image of a tie block takes the
-    # precision at the block's last row. Rows where the next score differs
-    # end a block; a reversed running minimum of their indices finds, for each
-    # row, the end of its block.
-    block_end = np.empty(scores.shape, dtype=bool)
-    block_end[:-1] = sorted_scores[1:] != sorted_scores[:-1]
-    block_end[-1] = True
-    rows = np.arange(num_images)[:, None]
-    end_index = np.where(block_end, rows, num_images)
-    end_index = np.minimum.accumulate(end_index[::-1], axis=0)[::-1]
-
-    tp_at_end = np.take_along_axis(true_pos, end_index, axis=0)
-    predicted_at_end = np.take_along_axis(predicted, end_index, axis=0)
-    precision = np.divide(
-        tp_at_end,
-        predicted_at_end,
-        out=np.zeros_like(tp_at_end),
-        where=predicted_at_end > 0,
+    # Classes on rows: sorting along the contiguous axis is several times
+    # faster than along axis 0. The sort need not be stable because tied
+    # scores are resolved as one threshold below.
+    scores = np.ascontiguousarray(scores.T)
+    order = np.argsort(-scores, axis=1)
+    sorted_scores = np.take_along_axis(scores, order, axis=1)
+    # int8 labels make the transpose and the gather cheap; the counts are
+    # accumulated in float64 like sklearn's.
+    positives = np.take_along_axis(
+        np.ascontiguousarray(y_true.T, dtype=np.int8), order, axis=1
     )
-    total_positive = true_pos[-1]
-    # Each positive adds its share of recall times the precision of its block.
-    summed = np.sum(positives * precision, axis=0)
+    if sample_weight is not None:
+        weights = sample_weight[order]
+        positives = positives * weights
+        predicted = np.cumsum(weights, axis=1)
+    true_pos = np.cumsum(positives, axis=1, dtype=np.float64)
+
+    # One threshold per distinct score: only the last row of each block of
+    # tied scores is a point of the precision–recall curve.
+    block_end = np.empty(scores.shape, dtype=bool)
+    np.not_equal(sorted_scores[:, 1:], sorted_scores[:, :-1], out=block_end[:, :-1])
+    block_end[:, -1] = True
+    cls, rank = np.nonzero(block_end)
+    tp_end = true_pos[cls, rank]
+    if sample_weight is None:
+        predicted_end = rank + 1.0
+    else:
+        predicted_end = predicted[cls, rank]
+
+    # Recall gained since the previous threshold of the same class, times the
+    # precision at this threshold: sklearn's step-wise sum.
+    gained = np.empty_like(tp_end)
+    gained[0] = tp_end[0]
+    gained[1:] = tp_end[1:] - tp_end[:-1]
+    first = np.empty(cls.shape, dtype=bool)
+    first[0] = True
+    np.not_equal(cls[1:], cls[:-1], out=first[1:])
+    gained[first] = tp_end[first]
+    precision = np.divide(
+        tp_end,
+        predicted_end,
+        out=np.zeros_like(tp_end),
+        where=predicted_end > 0,
+    )
+    summed = np.bincount(cls, weights=gained * precision, minlength=num_classes)
+    total_positive = true_pos[:, -1]
     has_positive = total_positive > 0
-    ap = np.full(scores.shape[1], no_positive_value, dtype=np.float64)
+    ap = np.full(num_classes, no_positive_value, dtype=np.float64)
     ap[has_positive] = summed[has_positive] / total_positive[has_positive]
     return ap
 
