@@ -14,6 +14,12 @@ def test_packaged_splits(dataset, part, num_images, num_classes):
     assert len(split["image_ids"]) == len(split["labels"]) == num_images
     assert len(split["class_names"]) == num_classes
     freq = split["class_freq"] if part == "train" else split["train_class_freq"]
+    if part == "train":  # the stored frequencies are the label counts
+        counts = [0] * num_classes
+        for labels in split["labels"]:
+            for c in labels:
+                counts[c] += 1
+        assert counts == freq
     # The packaged groups follow the >= 100 / < 20 rule on training frequency.
     assert frequency_groups(freq) == (split["head"], split["medium"], split["tail"])
 
