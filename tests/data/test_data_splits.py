@@ -49,3 +49,15 @@ def test_load_split_file_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         load_split_file(bad)
+
+
+def test_data_package_imports_neither_keras_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kdpvlpa.data, kdpvlpa.data.cli, kdpvlpa.recipes; "
+        "heavy = [m for m in ('keras', 'torch') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
