@@ -19,10 +19,7 @@ def _register_llm_gen_commands():
         main.add_command(command)
 
 
-try:
-    _register_llm_gen_commands()
-except ImportError:  # llm_gen not built yet in this checkout
-    pass
+_register_llm_gen_commands()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The interface every caption backend implements."""
+
+import dataclasses
+
+
+class BackendError(RuntimeError):
+    """Raised when a backend cannot be built or a model call fails."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings shared by the LLM backends; stored in every record.
+
+    Args:
+        temperature: float. Softmax temperature; 0 is greedy.
+        top_p: float. Nucleus sampling mass.
+        max_tokens: int. Most new tokens of one answer.
+        seed: int. Base seed; each image and attempt derives its own from it.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 256
+    seed: int = 42
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+class CaptionBackend:
+    """A way to answer chat conversations, batched.
+
+    Subclasses set `name`, `model` and `sampling`, and implement `generate`.
+    `supports_system_role` is False for chat templates that reject a system
+    message (Gemma); the prompt is then folded into the user message.
+    """
+
+    name = "base"
+    is_template = False
+    supports_system_role = True
+
+    def __init__(self, model=None, sampling=None):
+        self.model = model
+        self.sampling = sampling or SamplingSettings()
+
+    def generate(self, conversations, seeds):
+        """Answer each conversation.
+
+        Args:
+            conversations: list of message lists (`{"role", "content"}`).
+            seeds: list of int, one per conversation.
+
+        Returns:
+            A list of str, one answer per conversation, in order.
+        """
+        raise NotImplementedError
+
+    def describe(self):
+        """Backend fields of a record."""
+        return {"backend": self.name, "model": self.model}
+
+    def close(self):
+        pass
+
+
+def clean_output(text):
+    """An answer as text that can always be written as UTF-8 JSON."""
+    if text is None:
+        return ""
+    return text.encode("utf-8", "replace").decode("utf-8").strip()
+
+
+def chat_template_accepts_system(apply_chat_template):
+    """Whether a tokenizer's chat template keeps a system message.
+
+    Args:
+        apply_chat_template: callable(messages) -> str.
+    """
+    marker = "kdpvlpa-system-probe"
+    try:
+        text = apply_chat_template(
+            [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}]
+        )
+    except Exception:  # templates raise their own error types (jinja, ValueError)
+        return False
+    return marker in text

@@ -1,0 +1,255 @@
+"""Generating the caption file: shards, resume, batched attempts, fallback."""
+
+import dataclasses
+import os
+import re
+import zlib
+
+from llm_gen.prompt import PROMPT_VERSION, build_messages
+from llm_gen.records import (
+    CaptionFileError,
+    CaptionWriter,
+    index_records,
+    read_records,
+    repair_torn_tail,
+)
+from llm_gen.template import TEMPLATE_VERSION, template_caption
+from llm_gen.validate import strip_tags, validate, word_count
+
+SCHEMA_VERSION = 1
+
+# Failed outputs are kept in the record for inspection, cut to this length.
+_MAX_LOGGED_OUTPUT = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` (0-based): every `count`-th image of the split."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, spec):
+        """Parse `"i/n"` with 0 <= i < n."""
+        if spec is None:
+            return cls()
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+        if not m:
+            raise ValueError(
+                f"Bad shard {spec!r}: expected 'i/n', e.g. '0/4' for the first of "
+                "four shards."
+            )
+        index, count = int(m.group(1)), int(m.group(2))
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(
+                f"Bad shard {spec!r}: need 0 <= i < n (shards are numbered from 0)."
+            )
+        return cls(index, count)
+
+    def select(self, items):
+        return list(items)[self.index::self.count]
+
+    def __str__(self):
+        return f"{self.index}/{self.count}"
+
+
+def image_seed(base_seed, image_id, attempt):
+    """A seed for one image and attempt that does not depend on batching or
+    sharding, so a rerun or another shard layout reproduces the same text."""
+    return zlib.crc32(f"{base_seed}:{image_id!r}:{attempt}".encode("utf-8")) & 0x7FFFFFFF
+
+
+def _base_record(split, item, backend):
+    record = {
+        "image_id": item.image_id,
+        "dataset": split.dataset,
+        "labels": list(item.labels),
+        "tail_labels": list(item.tail_labels),
+        "original_caption": item.original_caption,
+    }
+    return record
+
+
+def _finish_record(record, raw, status, source, attempts, violations, log, backend,
+                   shard, seed):
+    record.update(
+        caption=strip_tags(raw),
+        raw_caption=raw,
+        status=status,
+        source=source,
+        attempts=attempts,
+        violations=violations,
+        word_count=word_count(strip_tags(raw)),
+    )
+    if log:
+        record["failed_attempts"] = log
+    record.update(backend.describe())
+    record.update(
+        prompt_version=PROMPT_VERSION if not backend.is_template else None,
+        template_version=TEMPLATE_VERSION if source == "template" else None,
+        sampling=None if backend.is_template else {
+            **backend.sampling.as_dict(), "image_seed": seed,
+        },
+        shard=str(shard),
+        schema_version=SCHEMA_VERSION,
+    )
+    return record
+
+
+def load_existing(out_path, split, items, shard):
+    """Repair and read an existing output file for a resumed run.
+
+    Returns:
+        `(done_ids, message)`: ids with a finished record, and a repair message
+        or None.
+    """
+    if not os.path.exists(out_path) or os.path.getsize(out_path) == 0:
+        return set(), None
+    message = repair_torn_tail(out_path)
+    records, _ = read_records(out_path, allow_torn_tail=False)
+    by_id = index_records(records, out_path)
+    split_ids = set(split.image_ids)
+    foreign = [i for i in by_id if i not in split_ids]
+    if foreign:
+        raise CaptionFileError(
+            f"{out_path} holds {len(foreign)} images that are not in the split "
+            f"{split.source}, e.g. {foreign[:3]!r}; it belongs to another dataset. "
+            "Give another --out."
+        )
+    wanted = {item.image_id for item in items}
+    outside = [i for i in by_id if i not in wanted]
+    if outside:
+        raise CaptionFileError(
+            f"{out_path} holds {len(outside)} images outside shard {shard}"
+            f"{' and --limit' if len(wanted) < len(shard.select(split.items)) else ''}, "
+            f"e.g. {outside[:3]!r}; was it written with another --shard?"
+        )
+    datasets = {r.get("dataset") for r in records} - {None}
+    if datasets and datasets != {split.dataset}:
+        raise CaptionFileError(
+            f"{out_path} was written for dataset(s) {sorted(datasets)}, not "
+            f"{split.dataset!r}."
+        )
+    return set(by_id), message
+
+
+def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=512,
+                      shard=Shard(), limit=None, progress=None, log=None):
+    """Write one caption record per image of a split, resuming a partial file.
+
+    Args:
+        split: `llm_gen.splits.Split`.
+        backend: a `CaptionBackend`.
+        out_path: path-like. The JSONL file; records are appended.
+        max_attempts: int. LLM attempts per image before the template is used.
+        batch_size: int. Images whose prompts go to the backend together; the
+            records of a batch are written as each becomes final. 0 sends all
+            pending images at once.
+        shard: `Shard`. The part of the split this run handles.
+        limit: int or None. Only the first `limit` images of the shard.
+        progress: callable(n) or None, called with the number of images
+            newly finished (first with those an earlier run finished).
+        log: callable(str) or None, for messages about the file.
+
+    Returns:
+        A dict: counts of `written`, `skipped` and each status.
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")
+    out_path = os.fspath(out_path)
+    items = shard.select(split.items)
+    if limit is not None:
+        items = items[:limit]
+    log = log or (lambda message: None)
+    progress = progress or (lambda n: None)
+
+    # Lock first, so that two runs never repair or append the same file.
+    writer = CaptionWriter(out_path)
+    try:
+        done, message = load_existing(out_path, split, items, shard)
+        if message:
+            log(f"{out_path}: {message}")
+        pending = [item for item in items if item.image_id not in done]
+        counts = {"written": 0, "skipped": len(items) - len(pending),
+                  "valid": 0, "retried": 0, "fallback": 0}
+        if counts["skipped"]:
+            progress(counts["skipped"])
+
+        def emit(record):
+            writer.write(record)
+            counts["written"] += 1
+            counts[record["status"]] += 1
+            progress(1)
+
+        size = batch_size if batch_size and batch_size > 0 else max(1, len(pending))
+        for start in range(0, len(pending), size):
+            batch = pending[start:start + size]
+            if backend.is_template:
+                for item in batch:
+                    emit(_template_record(split, item, backend, shard))
+            else:
+                _run_batch(split, batch, backend, max_attempts, shard, emit)
+            writer.sync()
+    finally:
+        writer.close()
+    return counts
+
+
+def _template_record(split, item, backend, shard):
+    raw = template_caption(item)
+    violations = validate(raw, item.labels, item.tail_labels, split.class_names)
+    record = _base_record(split, item, backend)
+    return _finish_record(
+        record, raw, "valid" if not violations else "fallback", "template", 0,
+        violations, None, backend, shard, None,
+    )
+
+
+def _run_batch(split, batch, backend, max_attempts, shard, emit):
+    history = {item.image_id: [] for item in batch}
+    active = list(batch)
+    for attempt in range(1, max_attempts + 1):
+        if not active:
+            break
+        conversations = [
+            build_messages(item, history[item.image_id], backend.supports_system_role)
+            for item in active
+        ]
+        seeds = [image_seed(backend.sampling.seed, item.image_id, attempt) for item in active]
+        outputs = backend.generate(conversations, seeds)
+        if len(outputs) != len(active):
+            raise RuntimeError(
+                f"Backend {backend.name} returned {len(outputs)} answers for "
+                f"{len(active)} prompts."
+            )
+        still = []
+        for item, output, seed in zip(active, outputs, seeds):
+            violations = validate(output, item.labels, item.tail_labels, split.class_names)
+            if not violations:
+                failed = [
+                    {"output": o[:_MAX_LOGGED_OUTPUT], "violations": v}
+                    for o, v in history[item.image_id]
+                ]
+                record = _base_record(split, item, backend)
+                emit(_finish_record(
+                    record, output, "valid" if attempt == 1 else "retried", "llm",
+                    attempt, [], failed, backend, shard, seed,
+                ))
+            else:
+                history[item.image_id].append((output, violations))
+                still.append((item, seed))
+        active = [item for item, _ in still]
+        last_seed = {item.image_id: seed for item, seed in still}
+    for item in active:
+        failed = [
+            {"output": o[:_MAX_LOGGED_OUTPUT], "violations": v}
+            for o, v in history[item.image_id]
+        ]
+        raw = template_caption(item)
+        record = _base_record(split, item, backend)
+        emit(_finish_record(
+            record, raw, "fallback", "template", max_attempts,
+            failed[-1]["violations"], failed, backend, shard,
+            last_seed[item.image_id],
+        ))
