@@ -172,22 +172,16 @@ def generate_captions_command(dataset, split_file, original_captions,
         err=True,
     )
     try:
-        engine = make_backend(backend, sampling=sampling, **options)
-    except BackendError as e:
-        raise click.ClickException(str(e)) from None
-    try:
         with click.progressbar(length=total, label="captions", file=sys.stderr,
                                hidden=quiet, show_pos=True) as bar:
             counts = generate_captions(
-                split, engine, out_path, max_attempts=max_attempts,
-                batch_size=batch_size, shard=shard, limit=limit,
-                progress=bar.update,
+                split, lambda: make_backend(backend, sampling=sampling, **options),
+                out_path, max_attempts=max_attempts, batch_size=batch_size,
+                shard=shard, limit=limit, progress=bar.update,
                 log=lambda message: click.echo(f"\n{message}", err=True),
             )
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None
-    finally:
-        engine.close()
     click.echo(
         f"{out_path}: wrote {counts['written']} records (valid {counts['valid']}, "
         f"retried {counts['retried']}, fallback {counts['fallback']}); "

@@ -5,6 +5,7 @@ import os
 import re
 import zlib
 
+from llm_gen.backends.base import CaptionBackend
 from llm_gen.prompt import PROMPT_VERSION, build_messages
 from llm_gen.records import (
     CaptionFileError,
@@ -140,7 +141,9 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
 
     Args:
         split: `llm_gen.splits.Split`.
-        backend: a `CaptionBackend`.
+        backend: a `CaptionBackend`, or a callable that builds one; a callable
+            is called only when some image is pending, and its backend is
+            closed at the end.
         out_path: path-like. The JSONL file; records are appended.
         max_attempts: int. LLM attempts per image before the template is used.
         batch_size: int. Images whose prompts go to the backend together; the
@@ -182,15 +185,25 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
             counts[record["status"]] += 1
             progress(1)
 
-        size = batch_size if batch_size and batch_size > 0 else max(1, len(pending))
-        for start in range(0, len(pending), size):
-            batch = pending[start:start + size]
-            if backend.is_template:
-                for item in batch:
-                    emit(_template_record(split, item, backend, shard))
-            else:
-                _run_batch(split, batch, backend, max_attempts, shard, emit)
-            writer.sync()
+        if not pending:
+            return counts
+        owned = not isinstance(backend, CaptionBackend)
+        if owned:
+            # A factory: the model is loaded only when there is work to do.
+            backend = backend()
+        try:
+            size = batch_size if batch_size and batch_size > 0 else len(pending)
+            for start in range(0, len(pending), size):
+                batch = pending[start:start + size]
+                if backend.is_template:
+                    for item in batch:
+                        emit(_template_record(split, item, backend, shard))
+                else:
+                    _run_batch(split, batch, backend, max_attempts, shard, emit)
+                writer.sync()
+        finally:
+            if owned:
+                backend.close()
     finally:
         writer.close()
     return counts

@@ -1,0 +1,245 @@
+"""Generation with scripted backends: statuses, retries, fallback, resume,
+shards, the CLI, stats and merge."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from kdpvlpa.cli import main
+from llm_gen import PROMPT_VERSION, load_split, template_caption
+from llm_gen.generate import Shard, generate_captions, image_seed
+from llm_gen.records import CaptionFileError, load_captions, read_records
+from llm_gen_test_helpers import (
+    ScriptedBackend,
+    always_valid,
+    never_valid,
+    valid_on_second,
+)
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def split(tiny_split_files):
+    split_path, captions_path = tiny_split_files
+    return load_split(split_file=split_path, original_captions=captions_path)
+
+
+def test_valid_retried_and_fallback(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, limit=4)
+    assert counts == {"written": 4, "skipped": 0, "valid": 4, "retried": 0, "fallback": 0}
+    record = read(out)[0]
+    assert record["image_id"] == "img_000" and record["status"] == "valid"
+    assert record["labels"] == ["person", "surfboard"] and record["tail_labels"] == ["surfboard"]
+    assert record["original_caption"] == "a photo number 0 with a surfboard"
+    assert "<tail>surfboard</tail>" in record["raw_caption"]
+    assert "<tail>" not in record["caption"] and "surfboard" in record["caption"]
+    assert record["attempts"] == 1 and record["violations"] == []
+    assert record["backend"] == "scripted" and record["model"] == "scripted-model"
+    assert record["prompt_version"] == PROMPT_VERSION and record["source"] == "llm"
+    assert record["sampling"] == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 256,
+                                  "seed": 42, "image_seed": image_seed(42, "img_000", 1)}
+
+    out2 = tmp_path / "r.jsonl"
+    backend = ScriptedBackend(valid_on_second)
+    counts = generate_captions(split, backend, out2, limit=3)
+    assert counts["retried"] == 3
+    # One batched call per attempt, the second with the violations fed back.
+    assert [len(convs) for convs, _ in backend.calls] == [3, 3]
+    retry_conv = backend.calls[1][0][0]
+    assert retry_conv[-2] == {"role": "assistant", "content": "far too short"}
+    assert "the description has 3 words; it must have 50-80" in retry_conv[-1]["content"]
+    record = read(out2)[0]
+    assert record["status"] == "retried" and record["attempts"] == 2
+    assert record["failed_attempts"][0]["output"] == "far too short"
+
+    out3 = tmp_path / "f.jsonl"
+    backend = ScriptedBackend(never_valid)
+    counts = generate_captions(split, backend, out3, limit=2, max_attempts=3)
+    assert counts["fallback"] == 2 and len(backend.calls) == 3
+    record = read(out3)[0]
+    assert record["status"] == "fallback" and record["source"] == "template"
+    assert record["attempts"] == 3 and len(record["failed_attempts"]) == 3
+    assert "'dog' is tagged <tail> but is not in the image's labels" in record["violations"]
+    assert record["raw_caption"] == template_caption(split.items[0])
+    assert record["backend"] == "scripted"
+
+
+def test_resume_skips_finished_images(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=5)
+    backend = ScriptedBackend(always_valid)
+    counts = generate_captions(split, backend, out)
+    assert counts["skipped"] == 5 and counts["written"] == 7
+    assert [len(c) for c, _ in backend.calls] == [7]
+    ids = [r["image_id"] for r in read(out)]
+    assert sorted(ids) == sorted(split.image_ids) and len(ids) == len(set(ids))
+    # Nothing pending: the backend factory is never called.
+    def factory():
+        raise AssertionError("model loaded although every image is done")
+
+    assert generate_captions(split, factory, out)["skipped"] == 12
+
+
+def test_resume_repairs_a_torn_last_line(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    whole = out.read_bytes()
+    third = whole.splitlines(keepends=True)[2]
+    out.write_bytes(whole[: len(whole) - len(third)] + third[: len(third) // 2])
+    messages = []
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, log=messages.append)
+    assert counts["skipped"] == 2 and counts["written"] == 10
+    assert "removed an unfinished last line" in messages[0]
+    ids = [r["image_id"] for r in read(out)]
+    assert sorted(ids) == sorted(split.image_ids)
+
+    # A last record that only lacks its newline is kept, not generated twice.
+    out2 = tmp_path / "n.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out2, limit=2)
+    out2.write_bytes(out2.read_bytes().rstrip(b"\n"))
+    counts = generate_captions(split, ScriptedBackend(always_valid), out2, limit=4)
+    assert counts["skipped"] == 2 and counts["written"] == 2
+    assert len(read(out2)) == 4
+
+
+def test_damaged_middle_line_is_an_error_and_file_is_kept(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    lines = out.read_bytes().splitlines(keepends=True)
+    damaged = lines[0] + b"{not json\n" + lines[2]
+    out.write_bytes(damaged)
+    with pytest.raises(CaptionFileError, match=r"c.jsonl:2: not a JSON record"):
+        generate_captions(split, ScriptedBackend(always_valid), out)
+    assert out.read_bytes() == damaged
+
+
+def test_wrong_file_or_shard_is_refused(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, shard=Shard(0, 2))
+    with pytest.raises(CaptionFileError, match="outside shard 1/2"):
+        generate_captions(split, ScriptedBackend(always_valid), out, shard=Shard(1, 2))
+    voc = load_split("voc_lt")
+    with pytest.raises(CaptionFileError, match="not in the split"):
+        generate_captions(voc, ScriptedBackend(always_valid), out)
+
+
+def test_shard_parsing_and_selection():
+    assert Shard.parse("1/3").select(range(7)) == [1, 4]
+    for bad in ("3/3", "1", "a/b", "-1/2", "0/0"):
+        with pytest.raises(ValueError, match="Bad shard"):
+            Shard.parse(bad)
+
+
+def test_seeds_do_not_depend_on_batching(split, tmp_path):
+    a, b = ScriptedBackend(always_valid), ScriptedBackend(always_valid)
+    generate_captions(split, a, tmp_path / "a.jsonl", batch_size=0)
+    generate_captions(split, b, tmp_path / "b.jsonl", batch_size=5)
+    seeds_a = [s for _, seeds in a.calls for s in seeds]
+    seeds_b = [s for _, seeds in b.calls for s in seeds]
+    assert seeds_a == seeds_b and len(set(seeds_a)) == 12
+    assert [len(c) for c, _ in b.calls] == [5, 5, 2]
+
+
+def test_cli_template_backend_on_voc(tmp_path):
+    out = tmp_path / "voc.jsonl"
+    runner = CliRunner()
+    result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                  "--backend", "template", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = read(out)
+    assert len(records) == 1142
+    assert {r["status"] for r in records} == {"valid"}
+    assert {r["backend"] for r in records} == {"template"}
+    assert records[0]["image_id"] == "2008_000023"
+    captions = load_captions(out, load_split("voc_lt").image_ids)
+    assert len(captions) == 1142
+
+    result = runner.invoke(main, ["captions", "stats", str(out), "--dataset", "voc_lt"])
+    assert result.exit_code == 0, result.output
+    assert "valid             1142 (100.0 %)" in result.output
+    assert "tail-class mentions per tail-class instance" in result.output
+    assert "missing images    0 of 1142" in result.output
+
+
+def test_cli_shards_then_merge(tmp_path, tiny_split_files):
+    split_path, captions_path = tiny_split_files
+    runner = CliRunner()
+    shards = []
+    for i in range(3):
+        shard = tmp_path / f"s{i}.jsonl"
+        result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),
+                                      "--original-captions", str(captions_path),
+                                      "--out", str(shard), "--shard", f"{i}/3"])
+        assert result.exit_code == 0, result.output
+        shards.append(str(shard))
+    merged = tmp_path / "all.jsonl"
+    # Without the split the tiny dataset cannot be checked for completeness.
+    result = runner.invoke(main, ["captions", "merge", *shards, "--out", str(merged)])
+    assert result.exit_code != 0 and "--split-file" in result.output
+    result = runner.invoke(main, ["captions", "merge", *shards, "--out", str(merged),
+                                  "--split-file", str(split_path)])
+    assert result.exit_code == 0, result.output
+    assert [r["image_id"] for r in read(merged)] == [f"img_{i:03d}" for i in range(12)]
+
+    # A missing shard, or one given twice, is refused; nothing is written.
+    bad = tmp_path / "bad.jsonl"
+    result = runner.invoke(main, ["captions", "merge", *shards[:2], "--out", str(bad),
+                                  "--split-file", str(split_path)])
+    assert result.exit_code != 0 and "4 images of the split are missing" in result.output
+    result = runner.invoke(main, ["captions", "merge", *shards, shards[0], "--out",
+                                  str(bad), "--split-file", str(split_path)])
+    assert result.exit_code != 0 and "appear more than once" in result.output
+    assert not bad.exists()
+    result = runner.invoke(main, ["captions", "merge", *shards, "--out", str(merged),
+                                  "--split-file", str(split_path)])
+    assert result.exit_code != 0 and "--overwrite" in result.output
+
+
+def test_cli_errors_are_clear(tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    runner = CliRunner()
+    out = str(tmp_path / "c.jsonl")
+    result = runner.invoke(main, ["generate-captions", "--split-file",
+                                  str(tmp_path / "missing.json"), "--out", out])
+    assert result.exit_code != 0 and "Split file not found" in result.output
+    result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),
+                                  "--out", out, "--shard", "2/2"])
+    assert result.exit_code != 0 and "Bad shard '2/2'" in result.output
+    result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                  "--backend", "vllm", "--out", out])
+    assert result.exit_code != 0 and "needs --model" in result.output
+    bad_captions = tmp_path / "caps.json"
+    bad_captions.write_text("[1, 2]")
+    result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),
+                                  "--original-captions", str(bad_captions), "--out", out])
+    assert result.exit_code != 0 and "must be a JSON object" in result.output
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"image_id": "img_000"}\n')
+    result = runner.invoke(main, ["captions", "stats", str(junk)])
+    assert result.exit_code != 0 and "junk.jsonl:1: record lacks the key(s)" in result.output
+
+
+def test_load_captions_refuses_incomplete_files(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=4)
+    with pytest.raises(CaptionFileError, match="no caption for 8 of 12 images"):
+        load_captions(out, split.image_ids)
+    records, torn = read_records(out)
+    assert len(records) == 4 and torn == b""
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, llm_gen, llm_gen.cli, llm_gen.backends; "
+            "heavy = [m for m in ('keras', 'vllm', 'torch', 'transformers') "
+            "if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"
