@@ -9,11 +9,6 @@ import numbers
 import keras
 from keras import ops
 
-# Half precision overflows in exp/logsumexp at the logit scales a temperature
-# of 0.01 produces, so the contrastive losses always work in at least float32.
-_UPCAST = ("float16", "bfloat16")
-
-
 def static_shape(x):
     """The shape of `x` as a tuple of Python ints (None where unknown)."""
     return tuple(None if d is None else int(d) for d in ops.shape(x))
@@ -22,22 +17,18 @@ def static_shape(x):
 def as_float_tensors(**named):
     """Converts the named inputs to tensors of one common floating dtype.
 
-    Returns them in the order given. Integer or boolean inputs are cast to
-    the common float dtype; half precision is promoted to float32.
+    Returns them in the order given: float64 if any input is float64, else
+    float32. Half precision is promoted because exp/logsumexp overflow in it
+    at the logit scales a temperature of 0.01 produces; integer and boolean
+    inputs (labels, counts) take the float dtype.
     """
     tensors = {name: ops.convert_to_tensor(x) for name, x in named.items()}
-    float_dtypes = [
-        keras.backend.standardize_dtype(t.dtype)
-        for t in tensors.values()
-        if "float" in keras.backend.standardize_dtype(t.dtype)
-    ]
-    dtype = (
-        keras.backend.result_type(*float_dtypes)
-        if float_dtypes
-        else keras.config.floatx()
-    )
-    if dtype in _UPCAST:
-        dtype = "float32"
+    dtypes = {
+        keras.backend.standardize_dtype(t.dtype) for t in tensors.values()
+    }
+    # Promotion is spelled out because `keras.backend.result_type` maps
+    # float64 to floatx, which would silently drop precision.
+    dtype = "float64" if "float64" in dtypes else "float32"
     return [ops.cast(t, dtype) for t in tensors.values()]
 
 
@@ -101,10 +92,33 @@ def temperature_tensor(temperature):
     return ops.reshape(temperature, ())
 
 
+def clamp_min(x, value):
+    """`max(x, value)` in the dtype of `x`.
+
+    `keras.ops.maximum` on torch promotes through Keras's `result_type`,
+    which turns float64 into float32; `where` keeps the dtype of `x`.
+    """
+    return ops.where(x > value, x, ops.full_like(x, value))
+
+
+def mean(x, axis=None):
+    """Mean in the dtype of `x`.
+
+    `keras.ops.mean` on torch computes float64 inputs in float32; a sum
+    divided by the static count keeps float64 exact.
+    """
+    shape = static_shape(x)
+    axes = range(len(shape)) if axis is None else [axis]
+    count = 1
+    for a in axes:
+        count *= shape[a]
+    return ops.sum(x, axis=axis) / count
+
+
 def l2_normalize(x, axis=-1, epsilon=1e-12):
     """L2 normalisation that maps a zero vector to zero instead of NaN."""
     squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared, epsilon))
+    return x * ops.rsqrt(clamp_min(squared, epsilon))
 
 
 def symmetric_info_nce(logits):
@@ -114,7 +128,7 @@ def symmetric_info_nce(logits):
     """
     row = ops.diagonal(ops.log_softmax(logits, axis=1))
     col = ops.diagonal(ops.log_softmax(logits, axis=0))
-    return -0.5 * (ops.mean(row) + ops.mean(col))
+    return -0.5 * (mean(row) + mean(col))
 
 
 def take_inputs(y_pred, required, optional=()):

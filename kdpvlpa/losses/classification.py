@@ -11,6 +11,8 @@ from keras import ops
 
 from kdpvlpa.losses._utils import as_float_tensors
 from kdpvlpa.losses._utils import check_rank
+from kdpvlpa.losses._utils import clamp_min
+from kdpvlpa.losses._utils import mean
 
 
 def _check_options(gamma_pos, gamma_neg, clip):
@@ -36,8 +38,8 @@ def _per_entry_loss(labels, logits, gamma_pos, gamma_neg, clip):
         p = ops.sigmoid(logits)
     if clip > 0:
         # Probability shifting of ASL: easy negatives (p < clip) cost nothing.
-        p_neg = ops.maximum(p - clip, 0.0)
-        log_not_p = ops.log(ops.maximum(1.0 - p_neg, keras.config.epsilon()))
+        p_neg = clamp_min(p - clip, 0.0)
+        log_not_p = ops.log(clamp_min(1.0 - p_neg, keras.config.epsilon()))
     else:
         p_neg = p if gamma_neg > 0 else None
     positive = log_p
@@ -97,9 +99,7 @@ def classification_loss(labels, logits, gamma_pos=0.0, gamma_neg=0.0, clip=0.0):
     """
     _check_options(gamma_pos, gamma_neg, clip)
     labels, logits = _prepare(labels, logits)
-    return ops.mean(
-        _per_entry_loss(labels, logits, gamma_pos, gamma_neg, clip)
-    )
+    return mean(_per_entry_loss(labels, logits, gamma_pos, gamma_neg, clip))
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
@@ -150,7 +150,7 @@ class ClassificationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels, logits = _prepare(y_true, y_pred)
-        return ops.mean(
+        return mean(
             _per_entry_loss(
                 labels, logits, self.gamma_pos, self.gamma_neg, self.clip
             ),

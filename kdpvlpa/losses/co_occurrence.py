@@ -15,6 +15,7 @@ from kdpvlpa.losses._utils import check_batch
 from kdpvlpa.losses._utils import check_equal
 from kdpvlpa.losses._utils import check_rank
 from kdpvlpa.losses._utils import l2_normalize
+from kdpvlpa.losses._utils import mean
 from kdpvlpa.losses._utils import take_inputs
 from kdpvlpa.losses._utils import temperature_tensor
 
@@ -138,7 +139,7 @@ def co_occurrence_loss(
     )
     structure = ops.einsum("bcp,bdp->bcd", attended, attended)
     # mean over (B, C, C) is mean_i of ‖·‖²_F / C².
-    return beta * ops.mean(ops.square(co_occurrence[None] - structure))
+    return beta * mean(ops.square(co_occurrence[None] - structure))
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")

@@ -18,6 +18,7 @@ from kdpvlpa.losses._utils import as_float_tensors
 from kdpvlpa.losses._utils import check_batch
 from kdpvlpa.losses._utils import check_equal
 from kdpvlpa.losses._utils import check_rank
+from kdpvlpa.losses._utils import clamp_min
 from kdpvlpa.losses._utils import l2_normalize
 from kdpvlpa.losses._utils import static_shape
 from kdpvlpa.losses._utils import symmetric_info_nce
@@ -215,10 +216,10 @@ def query_contrastive_loss(image_queries, text_tokens, token_mask, temperature):
 
     num_tokens = ops.sum(ops.cast(mask, dtype), axis=1)
     has_tokens = num_tokens > 0
-    per_pair = ops.sum(per_token, axis=1) / ops.maximum(num_tokens, 1.0)
+    per_pair = ops.sum(per_token, axis=1) / clamp_min(num_tokens, 1.0)
     per_pair = ops.where(has_tokens, per_pair, ops.zeros_like(per_pair))
     num_pairs = ops.sum(ops.cast(has_tokens, dtype))
-    return ops.sum(per_pair) / ops.maximum(num_pairs, 1.0)
+    return ops.sum(per_pair) / clamp_min(num_pairs, 1.0)
 
 
 def dqr_weights(
@@ -303,7 +304,7 @@ def dqr_weights(
         ops.argmax(similarity, axis=-1), num_queries, dtype=similarity.dtype
     )
     n_max = ops.max(class_freq)
-    boost = ops.sqrt(n_max / ops.maximum(class_freq, 1.0))
+    boost = ops.sqrt(n_max / clamp_min(class_freq, 1.0))
     boost = ops.where(class_freq < tail_threshold, boost, ops.zeros_like(boost))
     weights = 1.0 + ops.einsum("bc,bck->bk", labels * boost, best_query)
     return ops.stop_gradient(weights)
@@ -353,7 +354,7 @@ def weighted_contrastive_loss(image_queries, text_cls, weights, temperature):
         )
     tau = temperature_tensor(temperature)
     similarity = ops.einsum("ikp,jp->ijk", image_queries, text_cls)
-    total = ops.maximum(
+    total = clamp_min(
         ops.sum(weights, axis=1, keepdims=True), keras.config.epsilon()
     )
     pooled = ops.einsum("ijk,ik->ij", similarity, weights) / total
