@@ -67,7 +67,8 @@ class OpenAIBackend(CaptionBackend):
                 last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             except json.JSONDecodeError as e:
                 raise BackendError(f"{url} did not answer JSON: {e}") from None
-            time.sleep(min(2 ** attempt, 10))
+            if attempt + 1 < self.request_retries:
+                time.sleep(min(2 ** attempt, 10))
         raise BackendError(
             f"{url} failed {self.request_retries} times; last error {last_error}. "
             "Is the server running?"

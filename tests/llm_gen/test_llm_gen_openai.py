@@ -1,0 +1,106 @@
+"""The openai backend against a small OpenAI-compatible server on 127.0.0.1."""
+
+import http.server
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from kdpvlpa.cli import main
+from llm_gen_test_helpers import labels_from_prompt, valid_answer
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    requests = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "tiny-served"}]})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path != "/v1/chat/completions":
+            self._send(404, {"error": "not found"})
+            return
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(payload)
+        messages = payload["messages"]
+        labels, _ = labels_from_prompt(messages)
+        retry = any(m["role"] == "assistant" for m in messages)
+        if "bus" in labels and not retry:
+            content = "A <tail>bus</tail>."  # too short: retried
+        elif "hot dog" in labels:
+            content = "A dog and a hot dog."  # never valid: fallback
+        else:
+            content = valid_answer(messages)
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+
+@pytest.fixture
+def server():
+    _Handler.requests = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_openai_backend_end_to_end(server, tmp_path, tiny_split_files):
+    split_path, captions_path = tiny_split_files
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--original-captions",
+        str(captions_path), "--base-url", server, "--out", str(out),
+        "--max-attempts", "2", "--seed", "7", "--concurrency", "4",
+    ])
+    assert result.exit_code == 0, result.output
+    records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(records) == 12
+    by_status = {s: sorted(i for i, r in records.items() if r["status"] == s)
+                 for s in ("valid", "retried", "fallback")}
+    # Labels cycle: images 3 and 11 have "hot dog"; 4 and 6 have "bus".
+    assert by_status["fallback"] == ["img_003", "img_011"]
+    assert by_status["retried"] == ["img_004", "img_006"]
+    assert len(by_status["valid"]) == 8
+    retried = records["img_004"]
+    assert retried["attempts"] == 2 and retried["backend"] == "openai"
+    assert retried["model"] == "tiny-served" and retried["base_url"] == server
+    assert retried["failed_attempts"][0]["output"] == "A <tail>bus</tail>."
+    fallback = records["img_003"]
+    assert ("tail class 'hot dog' is mentioned without <tail> tags; wrap every mention "
+            "of a tail class") in fallback["violations"]
+    assert fallback["source"] == "template" and fallback["attempts"] == 2
+    # 12 first attempts + 4 retries; sampling settings and per-image seeds sent.
+    assert len(_Handler.requests) == 16
+    first = _Handler.requests[0]
+    assert first["model"] == "tiny-served" and first["temperature"] == 0.7
+    assert first["top_p"] == 0.9 and first["max_tokens"] == 256
+    assert len({r["seed"] for r in _Handler.requests}) == 16
+
+
+def test_openai_server_down_is_a_clear_error(tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--backend", "openai",
+        "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--out", str(out),
+    ])
+    assert result.exit_code != 0
+    assert "failed 3 times" in result.output and "Is the server running?" in result.output
