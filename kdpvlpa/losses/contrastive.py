@@ -20,7 +20,6 @@ from kdpvlpa.losses._utils import check_equal
 from kdpvlpa.losses._utils import check_rank
 from kdpvlpa.losses._utils import clamp_min
 from kdpvlpa.losses._utils import l2_normalize
-from kdpvlpa.losses._utils import static_shape
 from kdpvlpa.losses._utils import symmetric_info_nce
 from kdpvlpa.losses._utils import take_inputs
 from kdpvlpa.losses._utils import temperature_tensor
