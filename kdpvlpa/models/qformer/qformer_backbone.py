@@ -251,7 +251,14 @@ class QFormerBackbone(keras.Model):
 
         return load_qformer_preset(preset, **kwargs)
 
-    def save_to_preset(self, preset_dir):
+    def save_to_preset(self, preset_dir, tokenizer=None):
+        """Writes a kdpvlpa preset folder; with `tokenizer`, also its vocab."""
+        from pathlib import Path
+
         from kdpvlpa.models.preset import save_model_preset
 
+        if tokenizer is not None:
+            Path(preset_dir).mkdir(parents=True, exist_ok=True)
+            vocab = tokenizer.get_vocabulary()
+            (Path(preset_dir) / "vocab.txt").write_text("\n".join(vocab) + "\n")
         save_model_preset(self, preset_dir)

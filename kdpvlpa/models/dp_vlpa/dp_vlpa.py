@@ -1,0 +1,504 @@
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kdpvlpa.losses import classification_loss
+from kdpvlpa.losses import co_occurrence_loss
+from kdpvlpa.losses import dqr_weights
+from kdpvlpa.losses import global_contrastive_loss
+from kdpvlpa.losses import query_contrastive_loss
+from kdpvlpa.losses import weighted_contrastive_loss
+from kdpvlpa.models.dp_vlpa.dp_vlpa_image_preprocessor import DPVLPAImagePreprocessor
+from kdpvlpa.models.qformer.qformer_tokenizer import pack_text
+
+PHASES = ("pretrain", "finetune")
+TEMPERATURE_RANGE = (0.001, 0.5)
+
+
+def _l2_normalize(x):
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="kdpvlpa")
+class DPVLPA(keras.Model):
+    """DP-VLPA long-tailed multi-label recognizer.
+
+    A frozen CLIP image encoder feeds its token sequence, through a trainable
+    LayerNorm, to a BERT-initialised Q-Former whose queries are projected to
+    `projection_dim` and compared with class embeddings computed from the
+    prompts `prompt_template.format(name)` through the Q-Former's text path:
+    `logit[i, c] = a · max_k sim(q̂_k^i, ê_c) + b`. `predict` returns
+    `sigmoid(logit)` per class.
+
+    Training runs in two phases, each with plain `fit` after
+    `compile(phase=...)`:
+
+    - `"pretrain"` (knowledge injection): `L_GCL + L_QCL` on image–caption
+      pairs; inputs `{"images" or "image_features", "token_ids",
+      "padding_mask"}`, no targets.
+    - `"finetune"` (adaptive fine-tuning): `L_CLS + λ₁·L_GCL-DQR + λ₂·L_COA`
+      on the same inputs with multi-hot targets.
+
+    Args:
+        image_encoder: `kdpvlpa.models.CLIPVisionEncoder`. Frozen.
+        qformer: `kdpvlpa.models.QFormerBackbone`.
+        tokenizer: keras-hub `BertTokenizer` of the Q-Former.
+        class_names: list of str. Natural class names ("dining table").
+        projection_dim: int. Width P of the shared embedding space.
+        temperature: float. Initial τ (clamped to [0.001, 0.5] in use).
+        sequence_length: int. Token length of captions and prompts.
+        prompt_template: str. Class prompt with one `{}` for the name.
+        image_mean: 3 floats. Normalisation mean (CLIP's by default).
+        image_std: 3 floats. Normalisation standard deviation.
+        dtype: string or `keras.DTypePolicy`.
+
+    Call arguments:
+        inputs: `(B, H, W, 3)` images (uint8 or float in [0, 255], any size),
+            or a dict with `"images"` or precomputed encoder tokens
+            `"image_features"`, and optionally `"token_ids"` and
+            `"padding_mask"` of captions.
+        training: bool.
+
+    Returns:
+        dict with `"logits"` and `"probabilities"` `(B, C)`, the normalised
+        queries `"image_queries"` `(B, K, P)`, and for captions
+        `"text_cls"` `(B, P)`, `"text_tokens"` `(B, L, P)`, `"token_mask"`.
+
+    Example:
+    ```python
+    model = kdpvlpa.models.DPVLPA.from_presets(
+        vision_preset="path/to/clip-vit-base-patch16",
+        qformer_preset="minilm",
+        class_names=["person", "dog", "potted plant"],
+    )
+    probabilities = model.predict(images)  # (N, 3)
+    model.set_class_names(["cat", "horse"])  # open vocabulary
+    ```
+
+    Reference:
+        DP-VLPA (AAAI 2026); BLIP-2 (Li et al., ICML 2023).
+    """
+
+    def __init__(
+        self,
+        image_encoder,
+        qformer,
+        tokenizer,
+        class_names,
+        projection_dim=256,
+        temperature=0.07,
+        sequence_length=64,
+        prompt_template="a photo of a {}.",
+        image_mean=None,
+        image_std=None,
+        dtype=None,
+        **kwargs,
+    ):
+        kwargs.pop("trainable", None)
+        super().__init__(dtype=dtype, **kwargs)
+        class_names = [str(c) for c in class_names]
+        if not class_names:
+            raise ValueError("`class_names` must name at least one class.")
+        if "{}" not in prompt_template:
+            raise ValueError(
+                "`prompt_template` needs a `{}` for the class name. Received: "
+                f"{prompt_template!r}"
+            )
+        if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
+            raise ValueError(
+                f"`temperature` must be in {list(TEMPERATURE_RANGE)}. Received: {temperature}"
+            )
+        if qformer.image_dim != image_encoder.hidden_dim:
+            raise ValueError(
+                "The Q-Former's `image_dim` must equal the image encoder's "
+                f"`hidden_dim`. Received: {qformer.image_dim} and "
+                f"{image_encoder.hidden_dim}"
+            )
+
+        # === Layers ===
+        pre_kwargs = {}
+        if image_mean is not None:
+            pre_kwargs["mean"] = image_mean
+        if image_std is not None:
+            pre_kwargs["std"] = image_std
+        self.preprocessor = DPVLPAImagePreprocessor(
+            image_size=image_encoder.image_size, name="preprocessor", **pre_kwargs
+        )
+        self.image_encoder = image_encoder
+        self.image_encoder.trainable = False
+        self.qformer = qformer
+        self.tokenizer = tokenizer
+        policy = self.dtype_policy
+        self.vision_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, dtype=policy, name="vision_layer_norm"
+        )
+        self.vision_proj = keras.layers.Dense(projection_dim, dtype=policy, name="vision_proj")
+        self.text_proj = keras.layers.Dense(projection_dim, dtype=policy, name="text_proj")
+
+        # === Config ===
+        self.class_names = class_names
+        self.projection_dim = projection_dim
+        self.initial_temperature = float(temperature)
+        self.sequence_length = int(sequence_length)
+        self.prompt_template = prompt_template
+        self.image_mean = list(self.preprocessor.mean)
+        self.image_std = list(self.preprocessor.std)
+        self.phase = None
+        self._class_embedding_cache = None
+        self._prompt_tokens = None
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.vision_layer_norm.build((None, None, self.image_encoder.hidden_dim))
+        self.vision_proj.build((None, None, self.qformer.hidden_dim))
+        self.text_proj.build((None, None, self.qformer.hidden_dim))
+        t0 = self.initial_temperature
+        self.temperature = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(t0), name="temperature"
+        )
+        self.logit_scale = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(1.0 / t0), name="logit_scale"
+        )
+        self.logit_bias = self.add_weight(
+            shape=(), initializer="zeros", name="logit_bias"
+        )
+        self.built = True
+
+    # ------------------------------------------------------------------
+    # Constructors
+    # ------------------------------------------------------------------
+    @classmethod
+    def from_presets(
+        cls,
+        vision_preset,
+        qformer_preset,
+        class_names,
+        feature_layer=-2,
+        num_query_tokens=32,
+        cross_attention_frequency=2,
+        dropout=None,
+        **kwargs,
+    ):
+        """Builds a DP-VLPA model from an encoder and a Q-Former checkpoint.
+
+        Args:
+            vision_preset: anything `CLIPVisionEncoder.from_preset` accepts
+                (a local Hugging Face CLIP folder, a keras-hub preset, a
+                kdpvlpa preset folder, or `"tiny_random_vit"`).
+            qformer_preset: anything `QFormerBackbone.from_preset` accepts
+                (a local BERT or BLIP-2 Q-Former folder, `"minilm"`,
+                `"tiny_random_bert"`); its tokenizer comes from the same place.
+            class_names: list of str.
+            feature_layer: int. Encoder layer the Q-Former reads.
+            num_query_tokens: int. K.
+            cross_attention_frequency: int.
+            dropout: float or None (None keeps the checkpoint's).
+            **kwargs: `DPVLPA` arguments (`projection_dim`, ...).
+        """
+        from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
+        from kdpvlpa.models.qformer.convert_qformer import load_qformer_tokenizer
+        from kdpvlpa.models.qformer.qformer_backbone import QFormerBackbone
+
+        encoder = CLIPVisionEncoder.from_preset(vision_preset, feature_layer=feature_layer)
+        qformer = QFormerBackbone.from_preset(
+            qformer_preset,
+            image_dim=encoder.hidden_dim,
+            num_query_tokens=num_query_tokens,
+            cross_attention_frequency=cross_attention_frequency,
+            dropout=dropout,
+        )
+        tokenizer = load_qformer_tokenizer(qformer_preset)
+        return cls(encoder, qformer, tokenizer, class_names, **kwargs)
+
+    # ------------------------------------------------------------------
+    # Text
+    # ------------------------------------------------------------------
+    def tokenize(self, texts):
+        """`(token_ids, padding_mask)` NumPy arrays for a list of texts."""
+        return pack_text(self.tokenizer, texts, self.sequence_length)
+
+    def prompts(self):
+        return [self.prompt_template.format(name) for name in self.class_names]
+
+    def set_class_names(self, class_names):
+        """Changes the vocabulary: class embeddings come from the new prompts.
+
+        One trained model predicts any set of class names (the paper's
+        open-world test); the learned logit scale and bias are kept.
+        """
+        class_names = [str(c) for c in class_names]
+        if not class_names:
+            raise ValueError("`class_names` must name at least one class.")
+        self.class_names = class_names
+        self._prompt_tokens = None
+        self._class_embedding_cache = None
+
+    def _prompt_inputs(self):
+        if self._prompt_tokens is None:
+            self._prompt_tokens = self.tokenize(self.prompts())
+        return self._prompt_tokens
+
+    def encode_text(self, token_ids, padding_mask, training=False):
+        """Projected, normalised `[CLS]` `(B, P)` and token `(B, L, P)` features."""
+        sequence = self.qformer.encode_text(token_ids, padding_mask, training=training)
+        projected = _l2_normalize(self.text_proj(sequence))
+        return projected[:, 0], projected
+
+    def class_embeddings(self, training=False):
+        """`(C, P)` class embeddings `E_class` from the prompts.
+
+        Recomputed with gradient while the text path trains; otherwise cached
+        until the weights or the class names change.
+        """
+        if training:
+            token_ids, padding_mask = self._prompt_inputs()
+            return self.encode_text(token_ids, padding_mask, training=False)[0]
+        if self._class_embedding_cache is None:
+            token_ids, padding_mask = self._prompt_inputs()
+            cls_features = self.encode_text(token_ids, padding_mask, training=False)[0]
+            self._class_embedding_cache = ops.stop_gradient(cls_features)
+        return self._class_embedding_cache
+
+    def invalidate_class_embeddings(self):
+        self._class_embedding_cache = None
+
+    # ------------------------------------------------------------------
+    # Images
+    # ------------------------------------------------------------------
+    def encode_images(self, images):
+        """Frozen encoder tokens `(B, S, E)` for raw images (the cacheable part)."""
+        return ops.stop_gradient(self.image_encoder(self.preprocessor(images)))
+
+    def image_queries(self, image_features, training=False):
+        """Projected, normalised query features `(B, K, P)` from encoder tokens."""
+        x = self.vision_layer_norm(image_features)
+        queries = self.qformer.encode_queries(x, training=training)
+        return _l2_normalize(self.vision_proj(queries))
+
+    def classify(self, image_queries, class_embeddings):
+        similarity = ops.einsum("bkp,cp->bkc", image_queries, class_embeddings)
+        return self.logit_scale * ops.max(similarity, axis=1) + self.logit_bias
+
+    def call(self, inputs, training=False):
+        if not isinstance(inputs, dict):
+            inputs = {"images": inputs}
+        if "image_features" in inputs and inputs["image_features"] is not None:
+            features = ops.cast(inputs["image_features"], self.compute_dtype)
+        elif "images" in inputs:
+            features = self.encode_images(inputs["images"])
+        else:
+            raise ValueError(
+                "DPVLPA needs `images` or `image_features`. Received keys: "
+                f"{sorted(inputs)}"
+            )
+        queries = self.image_queries(features, training=training)
+        outputs = {"image_queries": queries}
+        needs_classes = not (training and self.phase == "pretrain")
+        if needs_classes:
+            class_embeddings = self.class_embeddings(
+                training=training and self.phase == "finetune"
+            )
+            logits = self.classify(queries, class_embeddings)
+            outputs.update(
+                class_embeddings=class_embeddings,
+                logits=logits,
+                probabilities=ops.sigmoid(logits),
+            )
+        if inputs.get("token_ids") is not None:
+            token_ids = inputs["token_ids"]
+            padding_mask = ops.cast(inputs["padding_mask"], "bool")
+            text_cls, text_tokens = self.encode_text(token_ids, padding_mask, training)
+            sep = ops.not_equal(token_ids, self.tokenizer.sep_token_id)
+            not_cls = ops.greater(ops.arange(ops.shape(token_ids)[1]), 0)[None, :]
+            outputs.update(
+                text_cls=text_cls,
+                text_tokens=text_tokens,
+                token_mask=ops.logical_and(ops.logical_and(padding_mask, sep), not_cls),
+            )
+        return outputs
+
+    # ------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------
+    def compile(
+        self,
+        optimizer="adamw",
+        phase="finetune",
+        class_freq=None,
+        co_occurrence=None,
+        lambda_dqr=1.0,
+        lambda_coa=1.0,
+        beta=1.0,
+        qcl_weight=1.0,
+        tail_threshold=20,
+        classification_loss_options=None,
+        metrics=None,
+        **kwargs,
+    ):
+        """Configures one training phase.
+
+        Args:
+            optimizer: a Keras optimizer (see `kdpvlpa.training.make_optimizer`).
+            phase: `"pretrain"` (GCL + QCL) or `"finetune"`
+                (CLS + λ₁·GCL-DQR + λ₂·COA).
+            class_freq: `(C,)` training image count per class (finetune).
+            co_occurrence: `(C, C)` expected structure `Q_co` (finetune;
+                `kdpvlpa.losses.co_occurrence_matrix` of the training labels).
+            lambda_dqr, lambda_coa, beta: loss weights λ₁, λ₂, β of eq. 5–6.
+            qcl_weight: weight of QCL in phase 1 (1 in the paper; 0 skips it).
+            tail_threshold: int. Tail classes have fewer training images.
+            classification_loss_options: dict of `classification_loss`
+                options (`gamma_pos`, `gamma_neg`, `clip`) for ASL/focal.
+            metrics: metrics on the predicted probabilities (finetune), e.g.
+                `kdpvlpa.metrics.MeanAveragePrecision()`.
+        """
+        if phase not in PHASES:
+            raise ValueError(f"`phase` must be one of {PHASES}. Received: {phase!r}")
+        num_classes = len(self.class_names)
+        if phase == "finetune":
+            if class_freq is None or co_occurrence is None:
+                raise ValueError(
+                    "phase='finetune' needs `class_freq` (C,) and `co_occurrence` "
+                    "(C, C) from the training labels."
+                )
+            class_freq = np.asarray(class_freq, "float32").reshape(-1)
+            co_occurrence = np.asarray(co_occurrence, "float32")
+            if class_freq.shape != (num_classes,) or co_occurrence.shape != (num_classes,) * 2:
+                raise ValueError(
+                    f"The model has {num_classes} classes, but class_freq has shape "
+                    f"{class_freq.shape} and co_occurrence {co_occurrence.shape}."
+                )
+        self.phase = phase
+        self.class_freq = class_freq
+        self.co_occurrence = None if co_occurrence is None else ops.convert_to_tensor(co_occurrence)
+        self.lambda_dqr = float(lambda_dqr)
+        self.lambda_coa = float(lambda_coa)
+        self.beta = float(beta)
+        self.qcl_weight = float(qcl_weight)
+        self.tail_threshold = tail_threshold
+        self.classification_loss_options = dict(classification_loss_options or {})
+        # The classifier's scale and bias only receive gradients in phase 2.
+        self.logit_scale.trainable = phase == "finetune"
+        self.logit_bias.trainable = phase == "finetune"
+        names = ("gcl", "qcl") if phase == "pretrain" else ("cls", "gcl_dqr", "coa")
+        # Kept out of Keras' layer tracking (the model is already built); the
+        # `metrics` property exposes them so `fit` resets and logs them.
+        object.__setattr__(
+            self, "loss_trackers", {n: keras.metrics.Mean(name=f"{n}_loss") for n in names}
+        )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    @property
+    def metrics(self):
+        trackers = list(getattr(self, "loss_trackers", {}).values())
+        return super().metrics + trackers
+
+    def loss_terms(self, y, y_pred):
+        """The phase's loss terms as a dict of scalars (unweighted)."""
+        tau = ops.clip(self.temperature, *TEMPERATURE_RANGE)
+        queries = y_pred["image_queries"]
+        if "text_cls" not in y_pred:
+            raise ValueError(
+                f"Phase {self.phase!r} trains on image–caption pairs: the inputs "
+                "need `token_ids` and `padding_mask` of the captions."
+            )
+        if self.phase == "pretrain":
+            terms = {"gcl": global_contrastive_loss(queries, y_pred["text_cls"], tau)}
+            if self.qcl_weight:
+                terms["qcl"] = query_contrastive_loss(
+                    queries, y_pred["text_tokens"], y_pred["token_mask"], tau
+                )
+            return terms
+        if y is None:
+            raise ValueError("phase='finetune' needs multi-hot labels as targets `y`.")
+        y = ops.cast(y, "float32")
+        if len(y.shape) != 2 or y.shape[1] != len(self.class_names):
+            raise ValueError(
+                f"Labels must have shape (batch, {len(self.class_names)}) for the "
+                f"model's {len(self.class_names)} classes. Received {tuple(y.shape)}"
+            )
+        class_embeddings = y_pred["class_embeddings"]
+        weights = dqr_weights(
+            queries, class_embeddings, y, self.class_freq, tail_threshold=self.tail_threshold
+        )
+        return {
+            "cls": classification_loss(y, y_pred["logits"], **self.classification_loss_options),
+            "gcl_dqr": weighted_contrastive_loss(queries, y_pred["text_cls"], weights, tau),
+            "coa": co_occurrence_loss(
+                queries, class_embeddings, self.co_occurrence, tau, beta=self.beta
+            ),
+        }
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.phase is None:
+            raise RuntimeError("Call `compile(phase=...)` before training.")
+        terms = self.loss_terms(y, y_pred)
+        weights = {"gcl": 1.0, "qcl": self.qcl_weight, "cls": 1.0,
+                   "gcl_dqr": self.lambda_dqr, "coa": self.lambda_coa}
+        total = sum(weights[n] * v for n, v in terms.items())
+        if not math.isfinite(float(ops.convert_to_numpy(ops.stop_gradient(total)))):
+            bad = [n for n, v in terms.items()
+                   if not math.isfinite(float(ops.convert_to_numpy(ops.stop_gradient(v))))]
+            raise FloatingPointError(
+                f"The {self.phase} loss is not finite: term(s) {', '.join(bad) or 'total'} "
+                "became NaN or infinite. The run was stopped; the last checkpoint "
+                "is intact. Lower the learning rate or check the inputs."
+            )
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value)
+        for extra in self.losses:
+            total = total + extra
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if y is not None and "probabilities" in y_pred and self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred["probabilities"], sample_weight)
+        return self.get_metrics_result()
+
+    def train_step(self, data):
+        # Class embeddings change with every update of the text path.
+        self._class_embedding_cache = None
+        logs = super().train_step(data)
+        self._class_embedding_cache = None
+        return logs
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)["probabilities"]
+
+    def load_weights(self, *args, **kwargs):
+        super().load_weights(*args, **kwargs)
+        self._class_embedding_cache = None
+
+    # ------------------------------------------------------------------
+    # Serialization
+    # ------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
+            "qformer": keras.saving.serialize_keras_object(self.qformer),
+            "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
+            "class_names": list(self.class_names),
+            "projection_dim": self.projection_dim,
+            "temperature": self.initial_temperature,
+            "sequence_length": self.sequence_length,
+            "prompt_template": self.prompt_template,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("image_encoder", "qformer", "tokenizer"):
+            if isinstance(config[key], dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
