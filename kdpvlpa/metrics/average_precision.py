@@ -105,7 +105,8 @@ def average_precision(
         np.array([[1, 0], [0, 1], [1, 0]]),
         np.array([[0.9, 0.2], [0.4, 0.2], [0.4, 0.1]]),
     )
-    # array([0.8333..., 1.0])
+    # array([0.8333..., 0.5]): in class 1 the positive ties with a negative
+    # at 0.2, so both enter at one threshold with precision 1/2.
     ```
 
     Reference:
@@ -250,7 +251,7 @@ def class_groups(
     ```python
     import kdpvlpa
     kdpvlpa.metrics.class_groups([100, 99, 20, 19])
-    # {"head": [0], "medium": [1, 2], "tail": [3]}
+    # {"head": array([0]), "medium": array([1, 2]), "tail": array([3])}
     ```
 
     Reference:
