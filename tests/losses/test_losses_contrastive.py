@@ -431,3 +431,16 @@ def test_shape_errors_name_the_shapes():
         losses.global_contrastive_loss(q, np.ones((2, 4)), 0.0)
     with pytest.raises(ValueError, match="temperature"):
         losses.global_contrastive_loss(q, np.ones((2, 4)), np.ones(2))
+
+
+def test_loss_class_passes_gradient_to_learnable_temperature():
+    rng = np.random.default_rng(7)
+    tau = keras.Variable(0.1)
+    q = torch.tensor(unit(rng, 3, 4, 5), dtype=torch.float32, requires_grad=True)
+    t = torch.tensor(unit(rng, 3, 5), dtype=torch.float32)
+    loss = losses.GlobalContrastiveLoss()(
+        None, {"image_queries": q, "text_cls": t, "temperature": tau}
+    )
+    loss.backward()
+    assert tau.value.grad is not None and torch.isfinite(tau.value.grad)
+    assert q.grad.abs().sum() > 0
