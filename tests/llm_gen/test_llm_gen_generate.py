@@ -61,6 +61,9 @@ def test_valid_retried_and_fallback(split, tmp_path):
     backend = ScriptedBackend(never_valid)
     counts = generate_captions(split, backend, out3, limit=2, max_attempts=3)
     assert counts["fallback"] == 2 and len(backend.calls) == 3
+    # The third attempt sees the second answer only, not the whole history.
+    third = backend.calls[2][0][0]
+    assert [m["role"] for m in third] == ["system", "user", "assistant", "user"]
     record = read(out3)[0]
     assert record["status"] == "fallback" and record["source"] == "template"
     assert record["attempts"] == 3 and len(record["failed_attempts"]) == 3
