@@ -61,7 +61,7 @@ def image_seed(base_seed, image_id, attempt):
     return zlib.crc32(f"{base_seed}:{image_id!r}:{attempt}".encode("utf-8")) & 0x7FFFFFFF
 
 
-def _base_record(split, item, backend):
+def _base_record(split, item):
     record = {
         "image_id": item.image_id,
         "dataset": split.dataset,
@@ -212,7 +212,7 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
 def _template_record(split, item, backend, shard):
     raw = template_caption(item)
     violations = validate(raw, item.labels, item.tail_labels, split.class_names)
-    record = _base_record(split, item, backend)
+    record = _base_record(split, item)
     return _finish_record(
         record, raw, "valid" if not violations else "fallback", "template", 0,
         violations, None, backend, shard, None,
@@ -246,7 +246,7 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
                     {"output": o[:_MAX_LOGGED_OUTPUT], "violations": v}
                     for o, v in history[item.image_id]
                 ]
-                record = _base_record(split, item, backend)
+                record = _base_record(split, item)
                 emit(_finish_record(
                     record, output, "valid" if attempt == 1 else "retried", "llm",
                     attempt, [], failed, backend, shard, seed,
@@ -262,7 +262,7 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
             for o, v in history[item.image_id]
         ]
         raw = template_caption(item)
-        record = _base_record(split, item, backend)
+        record = _base_record(split, item)
         emit(_finish_record(
             record, raw, "fallback", "template", max_attempts,
             failed[-1]["violations"], failed, backend, shard,
