@@ -1,0 +1,199 @@
+"""On-disk cache of the frozen image encoder's outputs.
+
+The CLIP encoder never trains, so its token sequence for an image (and for
+the image's horizontal flip) is computed once and read back in every later
+epoch and run. A cache entry is keyed by
+
+- the encoder's configuration and a hash of its weights,
+- the preprocessing (image size, mean, std, interpolation),
+- the image file (resolved path, size, modification time),
+
+so a changed encoder, preprocessing or image is never served stale
+features. Features live in one `.npy` array per dataset, written in place
+through a memory map; a separate completion map records which rows are
+finished and is replaced atomically after every flushed chunk, so a run
+killed half-way leaves a cache whose finished rows are valid and whose
+missing rows are computed by the next run, never read as garbage.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kdpvlpa.data.images import load_image
+
+CACHE_FORMAT_VERSION = 1
+
+
+def load_training_image(path, image_size):
+    """Loads an image as uint8 RGB, centre-cropped square and resized.
+
+    This is the one image loader of training and evaluation, with and
+    without the cache, so both paths feed identical pixels to the encoder.
+    """
+    from PIL import Image
+
+    array = load_image(path)
+    height, width = array.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    array = array[top : top + side, left : left + side]
+    if side != image_size:
+        array = np.asarray(
+            Image.fromarray(array).resize((image_size, image_size), Image.BICUBIC)
+        )
+    return array
+
+
+def _hash_json(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def encoder_fingerprint(model):
+    """Hash of the encoder's config, its weights and the preprocessing."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.image_encoder.get_config(), sort_keys=True,
+                             default=str).encode())
+    pre = model.preprocessor.get_config()
+    pre = {k: pre[k] for k in ("image_size", "mean", "std", "interpolation")}
+    digest.update(json.dumps(pre, sort_keys=True).encode())
+    digest.update(str(CACHE_FORMAT_VERSION).encode())
+    for weight in model.image_encoder.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(np.asarray(weight.numpy())).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def images_fingerprint(paths):
+    entries = []
+    for path in paths:
+        path = Path(path).resolve()
+        stat = path.stat()
+        entries.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return _hash_json(entries)[:16]
+
+
+def _atomic_save(path, array):
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Frozen-encoder features of a list of images, computed once, on disk.
+
+    Args:
+        cache_dir: folder for cache files (shared by runs).
+        model: a `DPVLPA` model; its `image_encoder` and `preprocessor`
+            define the features and the cache key.
+        image_paths: list of image files, in dataset order.
+        flips: bool. Also cache each image's horizontal flip (view 1).
+        batch_size: int. Images per encoder call.
+        dtype: `"float32"` (exact) or `"float16"` (half the disk).
+        progress: bool. Show a progress bar while computing.
+
+    Example:
+    ```python
+    cache = FeatureCache("runs/cache", model, dataset.image_paths, flips=True)
+    features = cache.load()  # (N, 2, 197, 768) memory map
+    ```
+    """
+
+    def __init__(self, cache_dir, model, image_paths, flips=False, batch_size=32,
+                 dtype="float32", progress=True):
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"`dtype` must be 'float32' or 'float16'. Received: {dtype!r}")
+        self.model = model
+        self.image_paths = [Path(p) for p in image_paths]
+        if not self.image_paths:
+            raise ValueError("FeatureCache needs at least one image.")
+        self.flips = bool(flips)
+        self.batch_size = int(batch_size)
+        self.dtype = dtype
+        self.progress = progress
+        self.image_size = model.preprocessor.image_size
+        self.key = encoder_fingerprint(model)
+        self.images_key = images_fingerprint(self.image_paths)
+        folder = Path(cache_dir) / f"encoder-{self.key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"images-{self.images_key}-{'flip' if self.flips else 'noflip'}-{dtype}"
+        self.features_path = folder / f"{stem}.features.npy"
+        self.done_path = folder / f"{stem}.done.npy"
+        self.meta_path = folder / f"{stem}.json"
+
+    @property
+    def shape(self):
+        encoder = self.model.image_encoder
+        return (len(self.image_paths), 2 if self.flips else 1, encoder.num_tokens,
+                encoder.hidden_dim)
+
+    def _open(self):
+        shape = self.shape
+        if self.features_path.exists() and self.done_path.exists():
+            try:
+                features = np.load(self.features_path, mmap_mode="r+")
+                done = np.load(self.done_path)
+                if features.shape == shape and done.shape == (shape[0],):
+                    return features, done.astype(bool)
+            except (ValueError, OSError):
+                pass  # unreadable: rebuilt below
+        features = np.lib.format.open_memmap(
+            self.features_path, mode="w+", dtype=self.dtype, shape=shape
+        )
+        done = np.zeros(shape[0], bool)
+        _atomic_save(self.done_path, done)
+        self.meta_path.write_text(json.dumps({
+            "format_version": CACHE_FORMAT_VERSION,
+            "encoder": self.model.image_encoder.get_config(),
+            "num_images": shape[0], "flips": self.flips, "dtype": self.dtype,
+        }, indent=1, default=str))
+        return features, done
+
+    def status(self):
+        """`(finished, total)` rows of the cache as it is on disk."""
+        if not self.done_path.exists():
+            return 0, len(self.image_paths)
+        return int(np.load(self.done_path).sum()), len(self.image_paths)
+
+    def load(self):
+        """Completes the cache if needed; returns the features (read-only map)."""
+        features, done = self._open()
+        todo = np.flatnonzero(~done)
+        if len(todo):
+            self._compute(features, done, todo)
+        del features
+        return np.load(self.features_path, mmap_mode="r")
+
+    def _compute(self, features, done, todo):
+        from keras import ops
+
+        chunks = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        bar = None
+        if self.progress:
+            import click
+
+            bar = click.progressbar(
+                length=len(todo), label=f"Caching encoder features ({len(todo)} images)",
+                file=None,
+            )
+            bar.__enter__()
+        try:
+            for rows in chunks:
+                images = np.stack(
+                    [load_training_image(self.image_paths[r], self.image_size) for r in rows]
+                )
+                views = [images, images[:, :, ::-1]] if self.flips else [images]
+                for v, batch in enumerate(views):
+                    out = self.model.encode_images(np.ascontiguousarray(batch))
+                    features[rows, v] = ops.convert_to_numpy(out).astype(self.dtype)
+                features.flush()
+                done[rows] = True
+                _atomic_save(self.done_path, done)
+                if bar is not None:
+                    bar.update(len(rows))
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)

@@ -1,0 +1,311 @@
+"""The whole DP-VLPA pipeline for a recipe: data, model, both phases, evaluation.
+
+`run_recipe` is what `kdpvlpa fit` calls. A run folder holds the resolved
+recipe, the captions used, per-phase checkpoints (a killed run resumes),
+the final `model.keras`, `metrics.json`, a per-class AP table and chart.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kdpvlpa.data import load_caption_file, load_dataset, make_synthetic_lt
+from kdpvlpa.metrics import average_precision, long_tail_map
+
+# The paper's Table 1, DP-VLPA row (mAP %), for the run report.
+PAPER_TABLE1 = {
+    "voc_lt": {"total": 90.72, "head": 78.87, "medium": 92.82, "tail": 98.04},
+    "coco_lt": {"total": 74.42, "head": 65.09, "medium": 76.97, "tail": 79.26},
+}
+NAMED_PRESETS = ("tiny_random_vit", "tiny_random_bert", "minilm")
+PRESET_HINTS = {
+    "vision_preset": "a CLIP ViT-B/16 checkpoint, e.g. openai/clip-vit-base-patch16 saved "
+                     "with transformers' save_pretrained (or downloaded with "
+                     "`huggingface-cli download openai/clip-vit-base-patch16 --local-dir "
+                     "models/clip-vit-base-patch16`)",
+    "qformer_preset": "a BERT checkpoint, e.g. bert-base-uncased "
+                      "(`huggingface-cli download bert-base-uncased --local-dir "
+                      "models/bert-base-uncased`)",
+}
+
+
+class PipelineError(RuntimeError):
+    """A problem with the run's inputs, reported without a traceback."""
+
+
+def resolve_preset(value, key, models_dir):
+    """A recipe's preset value as something `from_preset` loads.
+
+    Named presets pass through; an existing path is used as is; otherwise the
+    name is looked up in `models_dir`.
+    """
+    if value in NAMED_PRESETS:
+        return value
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return str(path)
+    candidate = Path(models_dir) / value
+    if candidate.is_dir():
+        return str(candidate)
+    raise PipelineError(
+        f"model.{key} = {value!r} was found neither as a folder nor in the models folder "
+        f"{Path(models_dir)}. Put {PRESET_HINTS[key]} there, pass --models-dir, or set "
+        f"--set model.{key}=PATH."
+    )
+
+
+def build_model(recipe, class_names, models_dir="models"):
+    from kdpvlpa.models import DPVLPA
+
+    m = recipe.model
+    vision = resolve_preset(m.vision_preset, "vision_preset", models_dir)
+    qformer = resolve_preset(m.qformer_preset, "qformer_preset", models_dir)
+    import keras
+
+    keras.utils.set_random_seed(recipe.seed)
+    return DPVLPA.from_presets(
+        vision_preset=vision,
+        qformer_preset=qformer,
+        class_names=class_names,
+        feature_layer=m.feature_layer,
+        num_query_tokens=m.num_query_tokens,
+        cross_attention_frequency=m.cross_attention_frequency,
+        projection_dim=m.projection_dim,
+    )
+
+
+def load_data(recipe, data_dir, allow_missing=False, verbose=True):
+    """Train and test `LTDataset`s for the recipe (the synthetic set is drawn)."""
+    d = recipe.data
+    if d.dataset == "synthetic":
+        kwargs = {k: v for k, v in (("num_classes", d.num_classes), ("num_train", d.num_train),
+                                    ("num_test", d.num_test)) if v is not None}
+        make_synthetic_lt(data_dir, image_size=d.image_size, seed=recipe.seed, **kwargs)
+    train = load_dataset(d.dataset, data_dir, "train", allow_missing=allow_missing)
+    test = load_dataset(d.dataset, data_dir, "test", allow_missing=allow_missing)
+    return train, test
+
+
+def template_captions(data_dir, path):
+    """Writes llm_gen's template captions for the synthetic training split.
+
+    The template backend follows the STAG rules deterministically (tail
+    classes first, inside `<tail>` tags), so the demo needs no LLM.
+    """
+    import llm_gen
+    from llm_gen.backends import make_backend
+
+    data_dir = Path(data_dir)
+    split = llm_gen.load_split(
+        split_file=data_dir / "synthetic_lt_train.json",
+        original_captions=data_dir / "synthetic_lt_train_captions.json",
+    )
+    llm_gen.generate_captions(split, make_backend("template"), path)
+    return path
+
+
+def tokenize_captions(model, captions):
+    return model.tokenize(captions)
+
+
+def feature_source(model, paths, cache_dir, flips, batch_size, verbose):
+    """Cached encoder features (`cache_dir` given) or None to read images."""
+    if cache_dir is None:
+        return None
+    from kdpvlpa.training.feature_cache import FeatureCache
+
+    cache = FeatureCache(cache_dir, model, paths, flips=flips, batch_size=batch_size,
+                         progress=bool(verbose))
+    return cache.load()
+
+
+def predict_scores(model, dataset, cache_dir=None, batch_size=64, verbose=True):
+    """Per-class probabilities `(N, C)` for every image of `dataset`."""
+    from keras import ops
+
+    from kdpvlpa.training.feature_cache import load_training_image
+
+    features = feature_source(model, dataset.image_paths, cache_dir, False, batch_size, verbose)
+    scores = []
+    n = dataset.num_images
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        if features is not None:
+            x = {"image_features": np.asarray(features[start:stop, 0], "float32")}
+        else:
+            size = model.preprocessor.image_size
+            x = {"images": np.stack([load_training_image(p, size)
+                                     for p in dataset.image_paths[start:stop]])}
+        scores.append(ops.convert_to_numpy(model(x, training=False)["probabilities"]))
+    return np.concatenate(scores).astype("float64")
+
+
+def label_frequency_scores(train, test):
+    """The label-frequency baseline: every image scores each class by its prior."""
+    prior = train.class_freq / max(train.num_images, 1)
+    return np.broadcast_to(prior, (test.num_images, len(prior))).astype("float64")
+
+
+def write_report(run_dir, recipe, test, scores, baseline, seconds):
+    """metrics.json, per_class_ap.csv and per_class_ap.png in `run_dir`."""
+    import pandas as pd
+
+    ours = long_tail_map(test.labels, scores, test.class_freq)
+    base = long_tail_map(test.labels, baseline, test.class_freq)
+    ap = average_precision(test.labels, scores) * 100
+    groups = np.array(["medium"] * test.num_classes, dtype=object)
+    groups[list(test.head)] = "head"
+    groups[list(test.tail)] = "tail"
+    table = pd.DataFrame({
+        "class": test.class_names,
+        "group": groups,
+        "train_images": test.class_freq,
+        "test_positives": test.labels.sum(0).astype(int),
+        "ap": np.round(ap, 4),
+    })
+    table.to_csv(run_dir / "per_class_ap.csv", index=False)
+    paper = PAPER_TABLE1.get(recipe.data.dataset)
+    metrics = {
+        "dataset": recipe.data.dataset,
+        "recipe": recipe.name,
+        "map": ours,
+        "label_frequency_baseline": base,
+        "paper_table1_dp_vlpa": paper,
+        "num_test_images": int(test.num_images),
+        "seconds": round(seconds, 1),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _plot(run_dir / "per_class_ap.png", table, ours, paper, recipe.data.dataset)
+    return metrics
+
+
+def _plot(path, table, ours, paper, dataset):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#2ca02c"}
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(max(8, 0.28 * len(table) + 5), 4.5),
+        gridspec_kw={"width_ratios": [max(len(table), 4), 6]},
+    )
+    ax.bar(range(len(table)), table["ap"], color=[colours[g] for g in table["group"]])
+    ax.set_xticks(range(len(table)))
+    ax.set_xticklabels(table["class"], rotation=90, fontsize=7)
+    ax.set_ylabel("AP (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Per-class AP on {dataset}")
+    for group, colour in colours.items():
+        ax.bar([], [], color=colour, label=group)
+    ax.legend(loc="lower right", fontsize=8)
+    keys = ["total", "head", "medium", "tail"]
+    x = np.arange(len(keys))
+    ax2.bar(x - 0.2 if paper else x, [ours[k] for k in keys], width=0.4, label="kdpvlpa")
+    if paper:
+        ax2.bar(x + 0.2, [paper[k] for k in keys], width=0.4, label="paper (Table 1)")
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(keys)
+    ax2.set_ylim(0, 100)
+    ax2.set_title("mAP (%)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir="models",
+               cache_dir=None, allow_missing=False, use_cache=True, verbose=1):
+    """Runs a recipe end to end and returns the metrics dict.
+
+    Args:
+        recipe: `kdpvlpa.recipes.Recipe`.
+        data_dir: dataset root (the synthetic set is drawn there).
+        output: the run folder.
+        phase: "pretrain", "finetune" or "all".
+        captions: STAG caption file (llm_gen JSONL) for phase 1; by default the
+            template captions (synthetic set) or the original captions.
+        models_dir: where recipe preset names are looked up.
+        cache_dir: encoder feature cache (default `<output>/feature_cache`).
+        allow_missing: train on the images present when some are missing.
+        use_cache: cache the frozen encoder's outputs on disk.
+    """
+    from kdpvlpa.losses import co_occurrence_matrix
+    from kdpvlpa.training.batches import TrainingBatches
+    from kdpvlpa.training.trainer import train_phase
+
+    if phase not in ("pretrain", "finetune", "all"):
+        raise ValueError(f"`phase` must be pretrain, finetune or all. Received: {phase!r}")
+    start = time.time()
+    output = Path(output)
+    train, test = load_data(recipe, data_dir, allow_missing=allow_missing, verbose=verbose)
+    output.mkdir(parents=True, exist_ok=True)
+    recipe.save(output / "recipe.toml")
+
+    # Captions first: a caption file that misses images stops the run before
+    # any model work.
+    if captions is None and recipe.data.dataset == "synthetic":
+        captions = template_captions(data_dir, output / "captions.template.jsonl")
+    if captions is not None:
+        caption_texts = load_caption_file(captions, train.image_ids)
+    elif train.captions is not None:
+        if verbose:
+            print("No --captions given: phase 1 trains on the original captions "
+                  "(generate STAG captions with `kdpvlpa generate-captions`).")
+        caption_texts = list(train.captions)
+    else:
+        raise PipelineError("No captions for phase 1: pass --captions FILE.")
+
+    model = build_model(recipe, train.class_names, models_dir)
+    token_ids, padding_mask = tokenize_captions(model, caption_texts)
+    if use_cache and cache_dir is None:
+        cache_dir = output / "feature_cache"
+    flips = bool(recipe.data.horizontal_flip)
+    features = feature_source(model, train.image_paths, cache_dir if use_cache else None,
+                              flips, recipe.eval.batch_size, verbose)
+
+    def batches(section, labels):
+        return TrainingBatches(
+            token_ids, padding_mask, features=features, image_paths=train.image_paths,
+            image_size=model.preprocessor.image_size, labels=labels,
+            batch_size=section.batch_size, shuffle=True, flip=flips, seed=recipe.seed,
+        )
+
+    def optimizer_args(section):
+        return dict(learning_rate=section.learning_rate, weight_decay=section.weight_decay,
+                    warmup_steps=section.warmup_steps, warmup_fraction=section.warmup_fraction)
+
+    checkpoints = output / "checkpoints"
+    if phase in ("pretrain", "all") and recipe.pretrain.epochs > 0:
+        if verbose:
+            print(f"Phase 1 (knowledge injection): {recipe.pretrain.epochs} epochs")
+        train_phase(model, "pretrain", batches(recipe.pretrain, None), recipe.pretrain.epochs,
+                    optimizer_args(recipe.pretrain), checkpoints / "pretrain",
+                    seed=recipe.seed, verbose=verbose)
+    elif phase == "finetune" and (checkpoints / "pretrain" / "last.weights.h5").exists():
+        model.load_weights(str(checkpoints / "pretrain" / "last.weights.h5"))
+    if phase in ("finetune", "all") and recipe.finetune.epochs > 0:
+        f = recipe.finetune
+        if verbose:
+            print(f"Phase 2 (adaptive fine-tuning): {f.epochs} epochs")
+        options = {}
+        if f.classification_loss == "asymmetric":
+            options = {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05}
+        train_phase(
+            model, "finetune", batches(f, train.labels), f.epochs, optimizer_args(f),
+            checkpoints / "finetune", seed=recipe.seed, verbose=verbose,
+            compile_args=dict(
+                class_freq=train.class_freq,
+                co_occurrence=co_occurrence_matrix(train.labels),
+                lambda_dqr=f.lambda_dqr, lambda_coa=f.lambda_coa, beta=f.beta,
+                classification_loss_options=options,
+            ),
+        )
+    model.save(str(output / "model.keras"))
+
+    scores = predict_scores(model, test, cache_dir if use_cache else None,
+                            recipe.eval.batch_size, verbose)
+    return write_report(output, recipe, test, scores, label_frequency_scores(train, test),
+                        time.time() - start)

@@ -1,0 +1,145 @@
+"""Running one training phase with `fit`: optimizer, checkpoints, resume."""
+
+import json
+import os
+from pathlib import Path
+
+import keras
+
+from kdpvlpa.training.batches import EpochSeed
+
+# AdamW does not decay biases, LayerNorm parameters, queries, embeddings'
+# LayerNorm or the scalars (τ, logit scale and bias), as BLIP-2/LAVIS.
+NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "temperature", "logit_scale", "logit_bias",
+                   "query_tokens"]
+
+
+def warmup_steps_for(total_steps, warmup_steps, warmup_fraction):
+    """Linear warm-up length: `min(warmup_steps, warmup_fraction · total)`."""
+    return int(min(warmup_steps, int(warmup_fraction * total_steps)))
+
+
+def make_optimizer(total_steps, learning_rate=1e-4, weight_decay=0.05, warmup_steps=2000,
+                   warmup_fraction=0.1, beta_1=0.9, beta_2=0.999):
+    """AdamW with linear warm-up then cosine decay to zero (the paper's schedule).
+
+    Args:
+        total_steps: int. Optimizer steps of the whole phase.
+        learning_rate: float. Peak learning rate.
+        weight_decay: float. Decoupled weight decay.
+        warmup_steps: int. Warm-up cap in steps.
+        warmup_fraction: float. Warm-up cap as a fraction of `total_steps`.
+    """
+    if total_steps < 1:
+        raise ValueError(f"`total_steps` must be at least 1. Received: {total_steps}")
+    if learning_rate <= 0:
+        raise ValueError(f"`learning_rate` must be positive. Received: {learning_rate}")
+    warmup = warmup_steps_for(total_steps, warmup_steps, warmup_fraction)
+    if warmup > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0,
+            decay_steps=max(total_steps - warmup, 1),
+            warmup_target=learning_rate,
+            warmup_steps=warmup,
+        )
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate, decay_steps=total_steps
+        )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule, weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2
+    )
+    optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    return optimizer
+
+
+def _write_json_atomic(path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model and optimizer state after every epoch, atomically.
+
+    The weights go to a temporary file that replaces the checkpoint only when
+    complete, and `state.json` names the last finished epoch, so a run killed
+    at any moment leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "last.tmp.weights.h5"
+        self.model.save_weights(str(tmp))
+        os.replace(tmp, self.folder / "last.weights.h5")
+        history = []
+        state_file = self.folder / "state.json"
+        if state_file.exists():
+            history = json.loads(state_file.read_text()).get("history", [])
+        history = [h for h in history if h["epoch"] < epoch + 1]
+        history.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        _write_json_atomic(state_file, {"epochs_done": epoch + 1, "complete": False,
+                                        "history": history})
+
+
+def phase_state(folder):
+    state_file = Path(folder) / "state.json"
+    if not state_file.exists():
+        return None
+    return json.loads(state_file.read_text())
+
+
+def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, seed=42,
+                compile_args=None, callbacks=(), validation_data=None, verbose=1):
+    """Trains one phase with `fit`, resuming from its last finished epoch.
+
+    Args:
+        model: `DPVLPA`.
+        phase: "pretrain" or "finetune".
+        batches: `TrainingBatches`.
+        epochs: int.
+        optimizer_args: dict for `make_optimizer` (without `total_steps`).
+        checkpoint_dir: folder of this phase's checkpoints.
+        seed: int. Seeds data order and dropout per epoch.
+        compile_args: extra `DPVLPA.compile` arguments (loss weights, ...).
+
+    Returns:
+        The list of per-epoch logs (resumed epochs included).
+    """
+    if epochs < 0:
+        raise ValueError(f"`epochs` must be >= 0. Received: {epochs}")
+    checkpoint_dir = Path(checkpoint_dir)
+    state = phase_state(checkpoint_dir)
+    if state and state.get("complete"):
+        model.load_weights(str(checkpoint_dir / "last.weights.h5"))
+        return state["history"]
+    optimizer = make_optimizer(total_steps=max(epochs * len(batches), 1), **optimizer_args)
+    model.compile(optimizer=optimizer, phase=phase, **(compile_args or {}))
+    initial_epoch = 0
+    if state and (checkpoint_dir / "last.weights.h5").exists():
+        optimizer.build(model.trainable_variables)
+        model.load_weights(str(checkpoint_dir / "last.weights.h5"))
+        initial_epoch = int(state["epochs_done"])
+        if verbose:
+            print(f"Resuming {phase} after epoch {initial_epoch} of {epochs}.")
+    if initial_epoch < epochs:
+        model.fit(
+            batches,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=[EpochSeed(batches, seed), EpochCheckpoint(checkpoint_dir), *callbacks],
+            validation_data=validation_data,
+            verbose=verbose,
+        )
+    state = phase_state(checkpoint_dir) or {"epochs_done": epochs, "history": []}
+    if not (checkpoint_dir / "last.weights.h5").exists():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        model.save_weights(str(checkpoint_dir / "last.weights.h5"))
+    state["complete"] = True
+    _write_json_atomic(checkpoint_dir / "state.json", state)
+    model.invalidate_class_embeddings()
+    return state["history"]
