@@ -34,6 +34,7 @@ import transformers  # noqa: E402
 
 from kdpvlpa.models import CLIPVisionEncoder, DPVLPA, QFormerBackbone  # noqa: E402
 from kdpvlpa.models.qformer.convert_qformer import load_qformer_tokenizer  # noqa: E402
+from kdpvlpa.training.optimizers import AdamW  # noqa: E402
 
 
 def parse_args():
@@ -76,7 +77,7 @@ def build_kdpvlpa(args):
     encoder = CLIPVisionEncoder(num_layers=1, feature_layer=-1)
     tokenizer = load_qformer_tokenizer("tiny_random_bert")
     model = DPVLPA(encoder, qformer, tokenizer, ["a"], projection_dim=256)
-    optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.05)
+    optimizer = AdamW(learning_rate=1e-4, weight_decay=0.05)
     model.compile(optimizer=optimizer, phase="pretrain", qcl_weight=0.0)
     return model
 

@@ -1,5 +1,11 @@
 """The `kdpvlpa` command line: a thin click group over the library."""
 
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
 import click
 
 from kdpvlpa import __version__
@@ -11,15 +17,190 @@ def main():
     """DP-VLPA long-tailed multi-label recognition (Keras 3, PyTorch backend)."""
 
 
-def _register_llm_gen_commands():
-    # llm_gen never imports vllm or keras at import time, so this stays cheap.
+def _user_errors():
+    """Exceptions that describe bad input: reported in one line, no traceback."""
+    from kdpvlpa.data import CaptionFileError, CorruptImageError, MissingImagesError
+    from kdpvlpa.recipes import RecipeError
+    from kdpvlpa.training.pipeline import PipelineError
+
+    return (MissingImagesError, CorruptImageError, CaptionFileError, RecipeError,
+            PipelineError, FileNotFoundError, ValueError, FloatingPointError)
+
+
+def reports_errors(command):
+    """Turns the library's input errors into `Error: ...` and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as error:
+            if kwargs.get("debug"):
+                raise
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks.")
+
+
+def _print_metrics(metrics):
+    ours, base = metrics["map"], metrics["label_frequency_baseline"]
+    paper = metrics.get("paper_table1_dp_vlpa")
+    header = f"{'mAP (%)':<26}{'total':>8}{'head':>8}{'medium':>8}{'tail':>8}"
+    click.echo(header)
+    rows = [("kdpvlpa", ours), ("label-frequency baseline", base)]
+    if paper:
+        rows.append(("paper, Table 1 (DP-VLPA)", paper))
+    for name, values in rows:
+        click.echo(f"{name:<26}" + "".join(f"{values[k]:>8.2f}" for k in
+                                             ("total", "head", "medium", "tail")))
+
+
+@main.command("fit")
+@click.option("--recipe", "recipe_name", required=True,
+              help="Recipe name (voc_lt, coco_lt, demo) or a .toml file.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root. Default: data/<dataset>. The demo draws its "
+                   "synthetic set there.")
+@click.option("--captions", type=click.Path(dir_okay=False, path_type=Path),
+              help="STAG caption file (kdpvlpa generate-captions). Default: the "
+                   "template captions (demo) or the original captions.")
+@click.option("--phase", type=click.Choice(["pretrain", "finetune", "all"]), default="all",
+              show_default=True)
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder. Default: runs/<recipe>.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a recipe value, e.g. --set finetune.epochs=5 (repeatable).")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("models"), show_default=True,
+              help="Where the recipe's checkpoint names (vision_preset, "
+                   "qformer_preset) are looked up.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Encoder feature cache. Default: <output>/feature_cache.")
+@click.option("--no-cache", is_flag=True, help="Recompute the frozen encoder every epoch.")
+@click.option("--allow-missing", is_flag=True,
+              help="Train and evaluate on the images present when some are missing.")
+@click.option("--quiet", is_flag=True, help="Less output.")
+@debug_option
+@reports_errors
+def fit_command(recipe_name, data_dir, captions, phase, output, overrides, models_dir,
+                cache_dir, no_cache, allow_missing, quiet, debug):
+    """Train DP-VLPA with a recipe (both phases by default) and evaluate it.
+
+    The run folder gets the resolved recipe, checkpoints (a killed run
+    resumes where it stopped), model.keras, metrics.json, per_class_ap.csv
+    and per_class_ap.png.
+    """
+    from kdpvlpa.recipes import load_recipe
+
+    start = time.time()
+    recipe = load_recipe(recipe_name, overrides=overrides)
+    data_dir = data_dir or Path("data") / recipe.data.dataset
+    output = output or Path("runs") / recipe.name
+    from kdpvlpa.training.pipeline import run_recipe
+
+    metrics = run_recipe(
+        recipe, data_dir, output, phase=phase, captions=captions, models_dir=models_dir,
+        cache_dir=cache_dir, allow_missing=allow_missing, use_cache=not no_cache,
+        verbose=0 if quiet else 2,
+    )
+    _print_metrics(metrics)
+    click.echo(f"Run folder: {output}")
+    click.echo(f"Time: {time.time() - start:.0f} s")
+
+
+@main.command("evaluate")
+@click.option("--run", "run_dir", required=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A run folder written by `kdpvlpa fit`.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root. Default: data/<dataset>.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Encoder feature cache. Default: <run>/feature_cache.")
+@click.option("--allow-missing", is_flag=True, help="Evaluate on the images present.")
+@debug_option
+@reports_errors
+def evaluate_command(run_dir, data_dir, cache_dir, allow_missing, debug):
+    """Evaluate a trained run on its test split (mAP total/head/medium/tail)."""
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training import pipeline
+
+    start = time.time()
+    recipe = load_recipe(run_dir / "recipe.toml")
+    data_dir = data_dir or Path("data") / recipe.data.dataset
+    train, test = pipeline.load_data(recipe, data_dir, allow_missing=allow_missing)
+    model = load_model(run_dir)
+    scores = pipeline.predict_scores(model, test, cache_dir or run_dir / "feature_cache",
+                                     recipe.eval.batch_size)
+    metrics = pipeline.write_report(run_dir, recipe, test, scores,
+                                    pipeline.label_frequency_scores(train, test),
+                                    time.time() - start)
+    _print_metrics(metrics)
+
+
+def load_model(path):
+    """A trained `DPVLPA` from a `.keras` file or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"No trained model at {path} (run `kdpvlpa fit` first).")
+    import keras
+
+    import kdpvlpa.models  # noqa: F401  (registers the classes)
+
+    return keras.saving.load_model(str(path))
+
+
+@main.command("predict")
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="model.keras or a run folder.")
+@click.option("--top", default=5, show_default=True, help="Labels to show per image.")
+@click.option("--classes", help="Comma-separated class names to predict instead of the "
+                                "trained ones (open vocabulary).")
+@click.option("--json", "as_json", is_flag=True, help="Print all probabilities as JSON.")
+@debug_option
+@reports_errors
+def predict_command(images, model_path, top, classes, as_json, debug):
+    """Per-class probabilities and the top labels of each image."""
+    import numpy as np
+
+    from kdpvlpa.data import load_image
+
+    model = load_model(model_path)
+    if classes:
+        model.set_class_names([c.strip() for c in classes.split(",") if c.strip()])
+    results = {}
+    for path in images:
+        probabilities = model.predict(load_image(path)[None], verbose=0)[0]
+        results[str(path)] = {name: float(p) for name, p in
+                              zip(model.class_names, np.asarray(probabilities))}
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for path, probs in results.items():
+        best = sorted(probs.items(), key=lambda kv: -kv[1])[:top]
+        click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+
+
+def _register_subcommands():
+    # Neither llm_gen nor kdpvlpa.data imports keras, vllm or torch at import
+    # time, so `kdpvlpa --help` stays fast.
     from llm_gen import cli as llm_cli
+
+    from kdpvlpa.data.cli import data
 
     for command in llm_cli.COMMANDS:
         main.add_command(command)
+    main.add_command(data)
 
 
-_register_llm_gen_commands()
+_register_subcommands()
 
 
 if __name__ == "__main__":

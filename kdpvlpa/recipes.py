@@ -67,14 +67,17 @@ class ModelConfig:
             (-2: the penultimate, as BLIP-2).
         cross_attention_frequency: int. A cross-attention block every this
             many Q-Former layers.
+        sequence_length: int. WordPiece tokens per caption and prompt
+            (longer captions are truncated).
     """
 
-    vision_preset: str = "clip_vit_base_patch16"
-    qformer_preset: str = "bert_base_en_uncased"
+    vision_preset: str = "clip-vit-base-patch16"
+    qformer_preset: str = "bert-base-uncased"
     num_query_tokens: int = 32
     projection_dim: int = 256
     feature_layer: int = -2
     cross_attention_frequency: int = 2
+    sequence_length: int = 64
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,8 @@ def validate_recipe(recipe):
     m = recipe.model
     for key in ("vision_preset", "qformer_preset"):
         _check(getattr(m, key).strip() != "", f"model.{key}", getattr(m, key), "non-empty")
-    for key in ("num_query_tokens", "projection_dim", "cross_attention_frequency"):
+    for key in ("num_query_tokens", "projection_dim", "cross_attention_frequency",
+                "sequence_length"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
     for section in ("pretrain", "finetune"):
         s = getattr(recipe, section)

@@ -73,6 +73,7 @@ def build_model(recipe, class_names, models_dir="models"):
         num_query_tokens=m.num_query_tokens,
         cross_attention_frequency=m.cross_attention_frequency,
         projection_dim=m.projection_dim,
+        sequence_length=m.sequence_length,
     )
 
 

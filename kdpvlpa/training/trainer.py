@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 
 from kdpvlpa.training.batches import EpochSeed
+from kdpvlpa.training.optimizers import AdamW
 
 # AdamW does not decay biases, LayerNorm parameters, queries, embeddings'
 # LayerNorm or the scalars (τ, logit scale and bias), as BLIP-2/LAVIS.
@@ -46,7 +47,7 @@ def make_optimizer(total_steps, learning_rate=1e-4, weight_decay=0.05, warmup_st
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=learning_rate, decay_steps=total_steps
         )
-    optimizer = keras.optimizers.AdamW(
+    optimizer = AdamW(
         learning_rate=schedule, weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2
     )
     optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)

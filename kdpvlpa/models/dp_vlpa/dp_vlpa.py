@@ -239,7 +239,10 @@ class DPVLPA(keras.Model):
 
     def _prompt_inputs(self):
         if self._prompt_tokens is None:
-            self._prompt_tokens = self.tokenize(self.prompts())
+            token_ids, padding_mask = self.tokenize(self.prompts())
+            # Prompts are short: keep only the columns some prompt uses.
+            length = int(padding_mask.sum(1).max())
+            self._prompt_tokens = (token_ids[:, :length], padding_mask[:, :length])
         return self._prompt_tokens
 
     def encode_text(self, token_ids, padding_mask, training=False):

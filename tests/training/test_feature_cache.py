@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from keras import ops
+
+from kdpvlpa.training import FeatureCache, TrainingBatches, load_training_image, train_phase
+from kdpvlpa.training.feature_cache import encoder_fingerprint
+
+from training_helpers import tiny_model
+
+
+def _direct(model, paths, flip=False):
+    images = np.stack([load_training_image(p, 64) for p in paths])
+    if flip:
+        images = np.ascontiguousarray(images[:, :, ::-1])
+    return ops.convert_to_numpy(model.encode_images(images))
+
+
+def test_cache_holds_encoder_outputs_and_flips(tmp_path, synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:10]
+    features = FeatureCache(tmp_path, model, paths, flips=True, batch_size=4,
+                            progress=False).load()
+    assert features.shape == (10, 2, 65, 64)
+    np.testing.assert_allclose(features[:, 0], _direct(model, paths), atol=1e-5)
+    np.testing.assert_allclose(features[:, 1], _direct(model, paths, flip=True), atol=1e-5)
+
+
+def test_second_load_reads_without_the_encoder(tmp_path, synthetic_train, monkeypatch):
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:6]
+    first = np.array(FeatureCache(tmp_path, model, paths, progress=False).load())
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the encoder ran although the cache was complete")
+
+    monkeypatch.setattr(model, "encode_images", fail)
+    second = np.array(FeatureCache(tmp_path, model, paths, progress=False).load())
+    np.testing.assert_array_equal(first, second)
+
+
+def test_changed_encoder_or_preprocessing_or_image_changes_the_key(tmp_path, synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:4]
+    base = FeatureCache(tmp_path, model, paths, progress=False)
+    other_weights = tiny_model(synthetic_train.class_names, seed=1)
+    assert encoder_fingerprint(other_weights) != encoder_fingerprint(model)
+    other_layer = tiny_model(synthetic_train.class_names, feature_layer=-1)
+    assert encoder_fingerprint(other_layer) != encoder_fingerprint(model)
+    other_norm = tiny_model(synthetic_train.class_names, image_mean=(0.5, 0.5, 0.5))
+    assert encoder_fingerprint(other_norm) != encoder_fingerprint(model)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(paths[0].read_bytes())
+    moved = FeatureCache(tmp_path, model, [copy] + paths[1:], progress=False)
+    assert moved.features_path != base.features_path
+
+
+def test_half_written_cache_is_completed_not_read(tmp_path, synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:8]
+    cache = FeatureCache(tmp_path, model, paths, batch_size=4, progress=False)
+    expected = np.array(cache.load())
+    # Simulate a run killed after the first chunk: rows 4.. hold garbage and
+    # the completion map says they are not done.
+    features = np.load(cache.features_path, mmap_mode="r+")
+    features[4:] = 1e6
+    features.flush()
+    done = np.load(cache.done_path)
+    done[4:] = False
+    np.save(cache.done_path, done)
+    assert cache.status() == (4, 8)
+    np.testing.assert_allclose(np.array(cache.load()), expected, atol=1e-6)
+    assert cache.status() == (8, 8)
+
+
+def test_training_on_cached_features_gives_the_same_losses(tmp_path, synthetic_train):
+    histories = []
+    for use_cache in (False, True):
+        model = tiny_model(synthetic_train.class_names)
+        token_ids, mask = model.tokenize(synthetic_train.captions)
+        features = None
+        if use_cache:
+            features = FeatureCache(tmp_path / "cache", model, synthetic_train.image_paths,
+                                    flips=True, progress=False).load()
+        batches = TrainingBatches(token_ids, mask, features=features,
+                                  image_paths=synthetic_train.image_paths, image_size=64,
+                                  batch_size=16, flip=True, seed=5)
+        histories.append(train_phase(model, "pretrain", batches, 2, {"learning_rate": 1e-3},
+                                     tmp_path / f"ckpt{use_cache}", seed=5, verbose=0))
+    for uncached, cached in zip(*histories):
+        for key in ("loss", "gcl_loss", "qcl_loss"):
+            assert cached[key] == pytest.approx(uncached[key], abs=1e-5)
