@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Only kdpvlpa.data at import time (no keras / torch): `kdpvlpa fit` with
+# missing data stops at the data check, at once.
 from kdpvlpa.data import load_caption_file, load_dataset, make_synthetic_lt
-from kdpvlpa.metrics import average_precision, long_tail_map
 
 # The paper's Table 1, DP-VLPA row (mAP %), for the run report.
 PAPER_TABLE1 = {
@@ -153,6 +154,8 @@ def write_report(run_dir, recipe, test, scores, baseline, seconds):
     """metrics.json, per_class_ap.csv and per_class_ap.png in `run_dir`."""
     import pandas as pd
 
+    from kdpvlpa.metrics import average_precision, long_tail_map
+
     ours = long_tail_map(test.labels, scores, test.class_freq)
     base = long_tail_map(test.labels, baseline, test.class_freq)
     ap = average_precision(test.labels, scores) * 100
@@ -177,9 +180,20 @@ def write_report(run_dir, recipe, test, scores, baseline, seconds):
         "num_test_images": int(test.num_images),
         "seconds": round(seconds, 1),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # An empty group (e.g. no head class in a small set) has mAP NaN: null in
+    # the file, which must stay valid JSON.
+    (run_dir / "metrics.json").write_text(
+        json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
     _plot(run_dir / "per_class_ap.png", table, ours, paper, recipe.data.dataset)
     return metrics
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _plot(path, table, ours, paper, dataset):
@@ -233,10 +247,6 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         allow_missing: train on the images present when some are missing.
         use_cache: cache the frozen encoder's outputs on disk.
     """
-    from kdpvlpa.losses import co_occurrence_matrix
-    from kdpvlpa.training.batches import TrainingBatches
-    from kdpvlpa.training.trainer import train_phase
-
     if phase not in ("pretrain", "finetune", "all"):
         raise ValueError(f"`phase` must be pretrain, finetune or all. Received: {phase!r}")
     start = time.time()
@@ -258,6 +268,11 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         caption_texts = list(train.captions)
     else:
         raise PipelineError("No captions for phase 1: pass --captions FILE.")
+
+    # keras / torch only now, after the data and caption checks.
+    from kdpvlpa.losses import co_occurrence_matrix
+    from kdpvlpa.training.batches import TrainingBatches
+    from kdpvlpa.training.trainer import train_phase
 
     model = build_model(recipe, train.class_names, models_dir)
     token_ids, padding_mask = tokenize_captions(model, caption_texts)
