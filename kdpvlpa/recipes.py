@@ -113,6 +113,8 @@ class FinetuneConfig:
         lambda_coa: float. λ₂, weight of the COA loss (eq. 6).
         beta: float. β inside the COA loss (eq. 5).
         classification_loss: str. "bce" (the paper) or "asymmetric".
+        dqr_reweighting: bool. Weight queries by DQR (eq. 4); false gives
+            plain GCL with a mean over queries (for ablations).
     """
 
     epochs: int = 20
@@ -125,6 +127,7 @@ class FinetuneConfig:
     lambda_coa: float = 1.0
     beta: float = 1.0
     classification_loss: str = "bce"
+    dqr_reweighting: bool = True
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
                 class_freq=train.class_freq,
                 co_occurrence=co_occurrence_matrix(train.labels),
                 lambda_dqr=f.lambda_dqr, lambda_coa=f.lambda_coa, beta=f.beta,
+                dqr_reweighting=f.dqr_reweighting,
                 classification_loss_options=options,
             ),
         )

@@ -338,6 +338,7 @@ class DPVLPA(keras.Model):
         beta=1.0,
         qcl_weight=1.0,
         tail_threshold=20,
+        dqr_reweighting=True,
         classification_loss_options=None,
         metrics=None,
         **kwargs,
@@ -353,6 +354,8 @@ class DPVLPA(keras.Model):
                 `kdpvlpa.losses.co_occurrence_matrix` of the training labels).
             lambda_dqr, lambda_coa, beta: loss weights λ₁, λ₂, β of eq. 5–6.
             qcl_weight: weight of QCL in phase 1 (1 in the paper; 0 skips it).
+            dqr_reweighting: bool. False replaces the DQR weights by ones
+                (plain GCL with a mean over queries), for ablations.
             tail_threshold: int. Tail classes have fewer training images.
             classification_loss_options: dict of `classification_loss`
                 options (`gamma_pos`, `gamma_neg`, `clip`) for ASL/focal.
@@ -383,6 +386,7 @@ class DPVLPA(keras.Model):
         self.beta = float(beta)
         self.qcl_weight = float(qcl_weight)
         self.tail_threshold = tail_threshold
+        self.dqr_reweighting = bool(dqr_reweighting)
         self.classification_loss_options = dict(classification_loss_options or {})
         # The classifier's scale and bias only receive gradients in phase 2.
         self.logit_scale.trainable = phase == "finetune"
@@ -425,9 +429,13 @@ class DPVLPA(keras.Model):
                 f"model's {len(self.class_names)} classes. Received {tuple(y.shape)}"
             )
         class_embeddings = y_pred["class_embeddings"]
-        weights = dqr_weights(
-            queries, class_embeddings, y, self.class_freq, tail_threshold=self.tail_threshold
-        )
+        if self.dqr_reweighting:
+            weights = dqr_weights(
+                queries, class_embeddings, y, self.class_freq,
+                tail_threshold=self.tail_threshold,
+            )
+        else:
+            weights = ops.ones(ops.shape(queries)[:2], dtype=queries.dtype)
         return {
             "cls": classification_loss(y, y_pred["logits"], **self.classification_loss_options),
             "gcl_dqr": weighted_contrastive_loss(queries, y_pred["text_cls"], weights, tau),
@@ -477,16 +485,26 @@ class DPVLPA(keras.Model):
         super().load_weights(*args, **kwargs)
         self._class_embedding_cache = None
 
+    def set_weights(self, weights):
+        super().set_weights(weights)
+        self._class_embedding_cache = None
+
     # ------------------------------------------------------------------
     # Serialization
     # ------------------------------------------------------------------
     def get_config(self):
+        tokenizer = keras.saving.serialize_keras_object(self.tokenizer)
+        # keras-hub keeps the vocabulary only as a `.keras` asset; without it
+        # here, `from_config` (and `clone_model`) builds a model that cannot
+        # tokenise its prompts.
+        if getattr(self.tokenizer, "vocabulary", None) is not None:
+            tokenizer["config"]["vocabulary"] = list(self.tokenizer.get_vocabulary())
         return {
             "name": self.name,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
             "qformer": keras.saving.serialize_keras_object(self.qformer),
-            "tokenizer": keras.saving.serialize_keras_object(self.tokenizer),
+            "tokenizer": tokenizer,
             "class_names": list(self.class_names),
             "projection_dim": self.projection_dim,
             "temperature": self.initial_temperature,

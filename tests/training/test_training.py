@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pytest
+
+from kdpvlpa.data import CaptionFileError, load_caption_file
+from kdpvlpa.losses import co_occurrence_matrix
+from kdpvlpa.training import TrainingBatches, make_optimizer, train_phase
+from kdpvlpa.training.trainer import warmup_steps_for
+
+from training_helpers import tiny_model, weights_of
+
+
+def _batches(model, dataset, labels=None, batch_size=16, seed=7):
+    token_ids, mask = model.tokenize(dataset.captions)
+    return TrainingBatches(token_ids, mask, image_paths=dataset.image_paths, image_size=64,
+                           labels=labels, batch_size=batch_size, seed=seed)
+
+
+def _finetune_args(dataset):
+    return dict(class_freq=dataset.class_freq,
+                co_occurrence=co_occurrence_matrix(dataset.labels))
+
+
+class StopAfter(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, synthetic_train):
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:  # after the checkpoint of epoch 2 was written
+                raise StopAfter()
+
+    args = {"learning_rate": 1e-3, "warmup_steps": 2}
+    straight = tiny_model(synthetic_train.class_names)
+    train_phase(straight, "finetune", _batches(straight, synthetic_train, synthetic_train.labels),
+                3, args, tmp_path / "a", compile_args=_finetune_args(synthetic_train), verbose=0)
+
+    killed = tiny_model(synthetic_train.class_names)
+    with pytest.raises(StopAfter):
+        train_phase(killed, "finetune", _batches(killed, synthetic_train, synthetic_train.labels),
+                    3, args, tmp_path / "b", compile_args=_finetune_args(synthetic_train),
+                    callbacks=[Kill()], verbose=0)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert state["epochs_done"] == 2 and not state["complete"]
+
+    resumed = tiny_model(synthetic_train.class_names)
+    history = train_phase(resumed, "finetune",
+                          _batches(resumed, synthetic_train, synthetic_train.labels), 3, args,
+                          tmp_path / "b", compile_args=_finetune_args(synthetic_train), verbose=0)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for a, b in zip(weights_of(straight), weights_of(resumed)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
+
+
+def test_finished_phase_is_not_trained_again(tmp_path, synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    first = train_phase(model, "pretrain", _batches(model, synthetic_train), 1,
+                        {"learning_rate": 1e-3}, tmp_path, verbose=0)
+    again = tiny_model(synthetic_train.class_names, seed=9)
+    second = train_phase(again, "pretrain", _batches(again, synthetic_train), 1,
+                         {"learning_rate": 1e-3}, tmp_path, verbose=0)
+    assert first == second
+    for a, b in zip(weights_of(model), weights_of(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_the_run_naming_the_term(tmp_path, synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    bad = co_occurrence_matrix(synthetic_train.labels)
+    bad[0, 1] = np.nan  # only the COA term sees this
+    batches = _batches(model, synthetic_train, synthetic_train.labels)
+    with pytest.raises(FloatingPointError, match="coa"):
+        train_phase(model, "finetune", batches, 2, {"learning_rate": 1e-3}, tmp_path,
+                    compile_args=dict(class_freq=synthetic_train.class_freq, co_occurrence=bad),
+                    verbose=0)
+    # The run died in its first epoch: no checkpoint claims a finished epoch.
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_labels_of_the_wrong_width_are_refused(synthetic_train):
+    model = tiny_model(synthetic_train.class_names)
+    wide = np.concatenate([synthetic_train.labels, synthetic_train.labels[:, :1]], axis=1)
+    batches = _batches(model, synthetic_train, wide)
+    model.compile(optimizer=make_optimizer(10), phase="finetune", **_finetune_args(synthetic_train))
+    with pytest.raises(ValueError, match=r"\(batch, 6\)"):
+        model.fit(batches, epochs=1, verbose=0)
+
+
+def test_empty_training_set_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        TrainingBatches(np.zeros((0, 4), "int32"), np.zeros((0, 4), bool),
+                        image_paths=[], image_size=64)
+
+
+def test_inputs_that_disagree_on_length_are_refused(synthetic_train):
+    with pytest.raises(ValueError, match="disagree"):
+        TrainingBatches(np.zeros((3, 4), "int32"), np.ones((3, 4), bool),
+                        image_paths=synthetic_train.image_paths[:2], image_size=64)
+
+
+def test_caption_file_missing_images_is_refused(tmp_path, synthetic_train):
+    path = tmp_path / "captions.jsonl"
+    with path.open("w") as f:
+        for image_id, caption in list(zip(synthetic_train.image_ids, synthetic_train.captions))[:5]:
+            f.write(json.dumps({"image_id": image_id, "caption": caption,
+                                "raw_caption": caption, "status": "valid"}) + "\n")
+    with pytest.raises(CaptionFileError, match="miss"):
+        load_caption_file(path, synthetic_train.image_ids)
+
+
+def test_warmup_and_schedule():
+    # METHOD.md: min(2,000 steps, 10 % of all steps).
+    assert warmup_steps_for(36 * 30, 2000, 0.1) == 108
+    assert warmup_steps_for(100_000, 2000, 0.1) == 2000
+    optimizer = make_optimizer(100, learning_rate=1e-4, warmup_steps=2000, warmup_fraction=0.1)
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
+    schedule = optimizer._learning_rate
+    values = [float(np.asarray(schedule(step))) for step in (0, 5, 10, 55, 100)]
+    assert values[0] == pytest.approx(0.0, abs=1e-12)
+    assert values[1] == pytest.approx(0.5e-4, rel=1e-5)  # linear warm-up
+    assert values[2] == pytest.approx(1e-4, rel=1e-5)  # peak after 10 steps
+    assert values[3] == pytest.approx(0.5e-4, rel=1e-5)  # cosine half-way
+    assert values[4] == pytest.approx(0.0, abs=1e-9)
+    assert optimizer.weight_decay == pytest.approx(0.05) and optimizer.beta_1 == pytest.approx(0.9)
