@@ -42,10 +42,12 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
             )
         x = ops.cast(images, "float32")
         if shape[1] != self.image_size or shape[2] != self.image_size:
+            # Antialiased, as PIL's resize in CLIP's pipeline and in
+            # `load_training_image`: plain bicubic aliases when downscaling.
             x = ops.image.resize(
                 x, (self.image_size, self.image_size),
-                interpolation=self.interpolation, crop_to_aspect_ratio=True,
-                data_format="channels_last",
+                interpolation=self.interpolation, antialias=True,
+                crop_to_aspect_ratio=True, data_format="channels_last",
             )
         x = x / 255.0
         mean = ops.convert_to_tensor(self.mean, "float32")

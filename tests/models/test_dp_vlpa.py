@@ -1,0 +1,472 @@
+"""Tests of the DPVLPA recognizer on the tiny no-file configuration.
+
+The reference values are computed here from the model's parts with NumPy
+(METHOD.md, "Model") or with PIL, never by calling the code under test twice.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import kdpvlpa  # noqa: F401  (selects the torch backend before keras)
+import keras
+from keras import ops
+from PIL import Image
+
+from kdpvlpa.losses import co_occurrence_matrix
+from kdpvlpa.models import CLIPVisionEncoder, DPVLPA, QFormerBackbone
+from kdpvlpa.models.dp_vlpa.dp_vlpa_image_preprocessor import CLIP_MEAN, CLIP_STD
+from kdpvlpa.models.qformer.convert_qformer import load_qformer_tokenizer
+
+CLASS_NAMES = ["dog", "cat", "potted plant"]
+TINY_IMAGE_SIZE = 64  # the tiny_random_vit resolution
+
+
+def _tiny_model(class_names=CLASS_NAMES, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    return DPVLPA.from_presets(
+        "tiny_random_vit", "tiny_random_bert", class_names, num_query_tokens=4,
+        projection_dim=16, sequence_length=24, **kwargs,
+    )
+
+
+def _images(n=3, height=50, width=70, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, (n, height, width, 3)).astype("uint8")
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _normalize(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _hand_class_embeddings(model, names):
+    """`norm(text_proj(CLS(text("a photo of a {name}."))))` from the parts."""
+    token_ids, padding_mask = model.tokenize([f"a photo of a {name}." for name in names])
+    sequence = model.qformer.encode_text(token_ids, padding_mask)
+    return _normalize(_np(model.text_proj(sequence))[:, 0])
+
+
+def _hand_predict(model, images, names):
+    """`sigmoid(a · max_k sim(q̂_k, ê_c) + b)` with NumPy for the max and sigmoid."""
+    queries = _np(model.image_queries(model.encode_images(images)))
+    class_embeddings = _hand_class_embeddings(model, names)
+    similarity = np.einsum("bkp,cp->bkc", queries, class_embeddings)
+    a = float(_np(model.logit_scale))
+    b = float(_np(model.logit_bias))
+    return _sigmoid(a * similarity.max(axis=1) + b)
+
+
+def _caption_batch(model, n=4):
+    captions = ["a dog on a sofa", "a cat and a dog", "a potted plant", "a cat by a plant"]
+    token_ids, padding_mask = model.tokenize(captions[:n])
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]], "float32")[:n]
+    x = {"images": _images(n, 64, 64, seed=1), "token_ids": token_ids,
+         "padding_mask": padding_mask}
+    return x, labels
+
+
+def _compile_finetune(model, labels, optimizer=None):
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate=1e-2),
+        phase="finetune",
+        class_freq=labels.sum(0),
+        co_occurrence=co_occurrence_matrix(labels),
+    )
+
+
+def _snapshot(weights):
+    return [np.array(_np(w)) for w in weights]
+
+
+def _changed(before, weight):
+    return not np.array_equal(before, _np(weight))
+
+
+# ----------------------------------------------------------------------
+# Building and predicting
+# ----------------------------------------------------------------------
+def test_tiny_model_builds_without_files_and_predicts_probabilities():
+    model = _tiny_model()
+    assert model.preprocessor.image_size == TINY_IMAGE_SIZE
+    images = _images(3, 50, 70)  # not the encoder's size, not square
+    probabilities = model.predict(images, verbose=0)
+    assert isinstance(probabilities, np.ndarray)
+    assert probabilities.shape == (3, len(CLASS_NAMES))
+    assert np.issubdtype(probabilities.dtype, np.floating)
+    assert np.all(np.isfinite(probabilities))
+    assert np.all((probabilities > 0) & (probabilities < 1))
+    # Different images give different outputs (the images reach the model).
+    assert not np.allclose(probabilities[0], probabilities[1])
+
+    floats = np.random.RandomState(3).uniform(0, 255, (2, 50, 70, 3)).astype("float32")
+    float_probabilities = model.predict(floats, verbose=0)
+    assert float_probabilities.shape == (2, len(CLASS_NAMES))
+    assert np.all((float_probabilities > 0) & (float_probabilities < 1))
+
+    # uint8 and the same values as float32 are the same images.
+    np.testing.assert_array_equal(
+        model.predict(images.astype("float32"), verbose=0), probabilities
+    )
+
+
+def test_prediction_equals_method_formula():
+    model = _tiny_model()
+    # Non-default scale and bias, so both enter the comparison.
+    model.logit_scale.assign(7.5)
+    model.logit_bias.assign(-0.4)
+    images = _images(3, 50, 70, seed=2)
+
+    queries = _np(model.image_queries(model.encode_images(images)))
+    assert queries.shape == (3, 4, 16)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=-1), 1.0, atol=1e-5)
+    # q̂ = norm(vision_proj(Q-Former queries)) on the layer-normed encoder tokens.
+    features = model.encode_images(images)
+    raw = _np(model.vision_proj(model.qformer.encode_queries(model.vision_layer_norm(features))))
+    np.testing.assert_allclose(queries, _normalize(raw), atol=1e-6)
+
+    # The text [CLS] through encode_text is the same as through the parts.
+    token_ids, padding_mask = model.tokenize(["a photo of a dog."])
+    cls, tokens = model.encode_text(token_ids, padding_mask)
+    np.testing.assert_allclose(
+        _np(cls), _hand_class_embeddings(model, ["dog"]), atol=1e-6
+    )
+    assert tuple(tokens.shape) == (1, 24, 16)
+
+    np.testing.assert_allclose(
+        _np(model.class_embeddings()), _hand_class_embeddings(model, CLASS_NAMES), atol=1e-6
+    )
+    expected = _hand_predict(model, images, CLASS_NAMES)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-6)
+    logits = _np(model(images)["logits"])
+    np.testing.assert_allclose(_sigmoid(logits), expected, atol=1e-6)
+
+
+# ----------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------
+def _pil_reference(image, size):
+    """Centre square crop, PIL bicubic resize (per channel, float), CLIP mean/std."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    crop = image[top : top + side, left : left + side].astype("float32")
+    if side != size:
+        crop = np.stack(
+            [np.asarray(Image.fromarray(crop[..., c], mode="F").resize((size, size), Image.BICUBIC))
+             for c in range(3)],
+            axis=-1,
+        )
+    return (crop / 255.0 - np.array(CLIP_MEAN, "float32")) / np.array(CLIP_STD, "float32")
+
+
+def test_preprocessing_of_right_size_image_is_clip_normalisation():
+    model = _tiny_model()
+    images = _images(2, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, seed=4)
+    got = _np(model.preprocessor(images))
+    expected = np.stack([_pil_reference(image, TINY_IMAGE_SIZE) for image in images])
+    assert got.shape == (2, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert model.image_mean == pytest.approx(list(CLIP_MEAN))
+    assert model.image_std == pytest.approx(list(CLIP_STD))
+
+
+@pytest.mark.parametrize("height,width", [(96, 128), (128, 80), (40, 60)])
+def test_preprocessing_crops_centre_and_resizes_like_pil_bicubic(height, width):
+    model = _tiny_model()
+    # Noise is the hard case: without antialiasing a downscale aliases and
+    # departs from CLIP's own PIL pipeline (and from the training loader).
+    noise = np.random.RandomState(5).randint(0, 256, (height, width, 3)).astype("uint8")
+    got = _np(model.preprocessor(noise[None]))[0]
+    assert got.shape == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    np.testing.assert_allclose(got, _pil_reference(noise, TINY_IMAGE_SIZE), atol=2e-3)
+
+
+def test_preprocessing_keeps_the_centre_and_drops_the_sides():
+    model = _tiny_model()
+    # A wide image: red side bands outside the central square, blue inside.
+    image = np.zeros((80, 160, 3), "uint8")
+    image[:, :, 2] = 255
+    image[:, :40] = (255, 0, 0)
+    image[:, 120:] = (255, 0, 0)
+    got = _np(model.preprocessor(image[None]))[0]
+    blue = (np.array([0.0, 0.0, 1.0]) - CLIP_MEAN) / CLIP_STD
+    np.testing.assert_allclose(got, np.broadcast_to(blue, got.shape), atol=1e-4)
+
+
+# ----------------------------------------------------------------------
+# Serialization
+# ----------------------------------------------------------------------
+def test_keras_save_and_load_model_give_identical_predictions(tmp_path):
+    model = _tiny_model()
+    model.set_class_names(["horse", "car", "dining table", "tv monitor"])
+    model.logit_bias.assign(0.25)
+    images = _images(2, 50, 70, seed=6)
+    expected = model.predict(images, verbose=0)
+
+    path = tmp_path / "dp_vlpa.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored, DPVLPA)
+    assert restored.class_names == ["horse", "car", "dining table", "tv monitor"]
+    assert restored.get_config() == model.get_config()
+    assert float(_np(restored.logit_bias)) == 0.25
+    got = restored.predict(images, verbose=0)
+    assert got.shape == (2, 4)
+    assert np.max(np.abs(got - expected)) == 0
+
+
+def test_config_round_trip_and_weight_copy():
+    model = _tiny_model(prompt_template="a picture of a {}.", temperature=0.05)
+    config = model.get_config()
+    assert config["class_names"] == CLASS_NAMES
+    assert config["prompt_template"] == "a picture of a {}."
+    assert config["temperature"] == 0.05
+
+    keras.utils.set_random_seed(123)
+    clone = DPVLPA.from_config(config)
+    assert clone.get_config() == config
+    assert clone.image_encoder.feature_layer == model.image_encoder.feature_layer
+    assert clone.qformer.num_query_tokens == 4
+
+    images = _images(2, 50, 70, seed=7)
+    expected = model.predict(images, verbose=0)
+    # Freshly initialised weights differ; the clone has cached its class
+    # embeddings by now, and copying the weights must not leave them stale.
+    assert not np.allclose(clone.predict(images, verbose=0), expected)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.predict(images, verbose=0), expected)
+
+
+# ----------------------------------------------------------------------
+# Vocabulary and class-embedding cache
+# ----------------------------------------------------------------------
+def test_set_class_names_changes_the_vocabulary():
+    model = _tiny_model()
+    images = _images(3, 50, 70, seed=8)
+    original = model.predict(images, verbose=0)
+
+    model.set_class_names(["horse", "car"])
+    assert model.class_names == ["horse", "car"]
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(
+        _np(model.class_embeddings()), _hand_class_embeddings(model, ["horse", "car"]),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        probabilities, _hand_predict(model, images, ["horse", "car"]), atol=1e-6
+    )
+
+    # A class's column does not depend on the other classes in the vocabulary.
+    model.set_class_names(["cat"])
+    np.testing.assert_allclose(model.predict(images, verbose=0), original[:, 1:2], atol=1e-6)
+
+    model.set_class_names(CLASS_NAMES)
+    np.testing.assert_allclose(model.predict(images, verbose=0), original, atol=1e-7)
+
+
+def test_class_embeddings_are_cached_and_invalidated(tmp_path, monkeypatch):
+    model = _tiny_model(seed=0)
+    other = _tiny_model(seed=1)
+    images = _images(2, 50, 70, seed=9)
+    other_probabilities = other.predict(images, verbose=0)
+    weights_path = tmp_path / "other.weights.h5"
+    other.save_weights(weights_path)
+
+    calls = []
+    encode_text = model.encode_text
+
+    def counting_encode_text(*args, **kwargs):
+        calls.append(1)
+        return encode_text(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode_text", counting_encode_text)
+
+    first = model.predict(images, verbose=0)
+    assert len(calls) == 1
+    model.predict(images, verbose=0)
+    model(images)
+    model.predict(_images(1, 30, 30, seed=10), verbose=0)
+    assert len(calls) == 1, "class embeddings were recomputed for inference"
+    assert not np.allclose(first, other_probabilities)
+
+    model.set_class_names(["horse", "car"])
+    assert model.predict(images, verbose=0).shape == (2, 2)
+    assert len(calls) == 2
+    model.predict(images, verbose=0)
+    assert len(calls) == 2
+
+    model.set_class_names(CLASS_NAMES)
+    model.predict(images, verbose=0)
+    assert len(calls) == 3
+    model.load_weights(weights_path)
+    np.testing.assert_array_equal(model.predict(images, verbose=0), other_probabilities)
+    assert len(calls) == 4
+
+
+# ----------------------------------------------------------------------
+# Training: what trains and what does not
+# ----------------------------------------------------------------------
+def test_encoder_is_frozen_and_finetune_step_trains_the_rest():
+    model = _tiny_model()
+    assert model.image_encoder.trainable_weights == []
+    assert len(model.image_encoder.non_trainable_weights) > 0
+    trainable_ids = {id(w) for w in model.trainable_weights}
+    assert not any(id(w) in trainable_ids for w in model.image_encoder.weights)
+
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    assert any(w is model.logit_scale for w in model.trainable_weights)
+
+    encoder_before = _snapshot(model.image_encoder.weights)
+    watched = {
+        "query_tokens": model.qformer.query_tokens,
+        "layer_0_cross_attention_query": model.qformer.transformer_layers[0].cross_attention.query.kernel,
+        "layer_1_self_attention_qkv": model.qformer.transformer_layers[1].self_attention.qkv.kernel,
+        "vision_proj": model.vision_proj.kernel,
+        "text_proj": model.text_proj.kernel,
+        "temperature": model.temperature,
+        "logit_scale": model.logit_scale,
+    }
+    before = {name: np.array(_np(w)) for name, w in watched.items()}
+
+    history = model.fit(x, labels, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    for name in ("loss", "cls_loss", "gcl_dqr_loss", "coa_loss"):
+        assert np.isfinite(history.history[name][0]), name
+
+    for old, weight in zip(encoder_before, model.image_encoder.weights):
+        np.testing.assert_array_equal(_np(weight), old, err_msg=weight.path)
+    for name, weight in watched.items():
+        assert _changed(before[name], weight), f"{name} did not train"
+
+    # After training, inference uses the updated text path, not a stale cache.
+    images = x["images"]
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), _hand_predict(model, images, CLASS_NAMES), atol=1e-6
+    )
+
+
+def test_pretrain_step_does_not_train_logit_scale_and_bias():
+    model = _tiny_model()
+    x, _ = _caption_batch(model)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-2), phase="pretrain")
+    trainable_ids = {id(w) for w in model.trainable_weights}
+    assert id(model.logit_scale) not in trainable_ids
+    assert id(model.logit_bias) not in trainable_ids
+
+    scale, bias = float(_np(model.logit_scale)), float(_np(model.logit_bias))
+    query_tokens = np.array(_np(model.qformer.query_tokens))
+    encoder_before = _snapshot(model.image_encoder.weights)
+    history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["gcl_loss"][0])
+    assert np.isfinite(history.history["qcl_loss"][0])
+
+    assert float(_np(model.logit_scale)) == scale
+    assert float(_np(model.logit_bias)) == bias
+    assert _changed(query_tokens, model.qformer.query_tokens)
+    for old, weight in zip(encoder_before, model.image_encoder.weights):
+        np.testing.assert_array_equal(_np(weight), old, err_msg=weight.path)
+
+    # Phase 2 trains them again.
+    _, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    trainable_ids = {id(w) for w in model.trainable_weights}
+    assert id(model.logit_scale) in trainable_ids and id(model.logit_bias) in trainable_ids
+
+
+def test_finetune_loss_gradients_reach_qformer_not_encoder():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    x = {k: ops.convert_to_tensor(v) for k, v in x.items()}
+    for weight in model.weights:
+        weight.value.grad = None
+
+    y_pred = model(x, training=True)
+    loss = model.compute_loss(x, ops.convert_to_tensor(labels), y_pred)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+
+    def grad(weight):
+        return weight.value.grad
+
+    for weight in (
+        model.qformer.query_tokens,
+        model.qformer.transformer_layers[0].cross_attention.kv.kernel,
+        model.qformer.transformer_layers[1].feed_forward.intermediate_dense.kernel,
+        model.qformer.transformer_layers[1].feed_forward_query.intermediate_dense.kernel,
+        model.temperature,
+        model.logit_scale,
+        model.logit_bias,
+        model.vision_proj.kernel,
+        model.text_proj.kernel,
+    ):
+        g = grad(weight)
+        assert g is not None, weight.path
+        assert torch.count_nonzero(g) > 0, weight.path
+    for weight in model.image_encoder.weights:
+        g = grad(weight)
+        assert g is None or torch.count_nonzero(g) == 0, weight.path
+
+
+# ----------------------------------------------------------------------
+# Bad inputs
+# ----------------------------------------------------------------------
+def test_finetune_labels_of_wrong_width_are_rejected():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    with pytest.raises(ValueError, match=r"3 classes.*Received \(4, 2\)"):
+        model.fit(x, labels[:, :2], batch_size=4, epochs=1, verbose=0)
+
+
+def test_bad_images_are_rejected():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\).*\(2, 50, 70, 4\)"):
+        model.predict(np.zeros((2, 50, 70, 4), "uint8"), verbose=0)
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        model(np.zeros((50, 70, 3), "float32"))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        model.preprocessor(np.zeros((2, 50, 70), "float32"))
+
+
+def test_bad_constructor_arguments_are_rejected():
+    with pytest.raises(ValueError, match="class_names"):
+        _tiny_model(class_names=[])
+    with pytest.raises(ValueError, match=r"prompt_template.*'a photo of a class'"):
+        _tiny_model(prompt_template="a photo of a class")
+    for temperature in (0.0005, 0.6):
+        with pytest.raises(ValueError, match=rf"temperature.*{temperature}"):
+            _tiny_model(temperature=temperature)
+
+    encoder = CLIPVisionEncoder.from_preset("tiny_random_vit")
+    qformer = QFormerBackbone.from_preset("tiny_random_bert", image_dim=48, num_query_tokens=4)
+    tokenizer = load_qformer_tokenizer("tiny_random_bert")
+    with pytest.raises(ValueError, match=r"image_dim.*hidden_dim.*48 and 64"):
+        DPVLPA(encoder, qformer, tokenizer, CLASS_NAMES, projection_dim=16)
+
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="class_names"):
+        model.set_class_names([])
+    assert model.class_names == CLASS_NAMES
+
+
+def test_bad_compile_arguments_are_rejected():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=r"phase.*'x'"):
+        model.compile(phase="x")
+    _, labels = _caption_batch(model)
+    with pytest.raises(ValueError, match="class_freq"):
+        model.compile(phase="finetune", co_occurrence=co_occurrence_matrix(labels))
+    with pytest.raises(ValueError, match="class_freq"):
+        model.compile(phase="finetune")
+    with pytest.raises(ValueError, match=r"3 classes"):
+        model.compile(phase="finetune", class_freq=[1, 2],
+                      co_occurrence=co_occurrence_matrix(labels))
