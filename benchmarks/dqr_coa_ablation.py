@@ -22,8 +22,8 @@ SMALL = [
     'model.vision_preset="tiny_random_vit"', 'model.qformer_preset="tiny_random_bert"',
     "model.num_query_tokens=8", "model.projection_dim=32", "model.sequence_length=32",
     "data.num_classes=12", "data.num_train=400", "data.num_test=200",
-    "pretrain.epochs=2", "finetune.epochs=8", "pretrain.learning_rate=1e-3",
-    "finetune.learning_rate=1e-3",
+    "pretrain.epochs=3", "finetune.epochs=25", "pretrain.learning_rate=1e-3",
+    "finetune.learning_rate=3e-3",
 ]
 VARIANTS = {
     "with DQR+COA": ["finetune.dqr_reweighting=true", "finetune.lambda_coa=1.0"],

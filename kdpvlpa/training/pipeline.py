@@ -231,6 +231,36 @@ def _plot(path, table, ours, paper, dataset):
     plt.close(fig)
 
 
+def _flatten(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same_recipe(output, recipe):
+    """Refuses to resume a run folder that was trained with other settings."""
+    from kdpvlpa.recipes import load_recipe
+
+    saved = Path(output) / "recipe.toml"
+    if not saved.exists() or not (Path(output) / "checkpoints").exists():
+        return
+    before = _flatten(load_recipe(saved).to_dict())
+    now = _flatten(recipe.to_dict())
+    changed = sorted(k for k in set(before) | set(now)
+                     if before.get(k) != now.get(k) and not k.startswith("eval."))
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise PipelineError(
+            f"The run folder {output} holds checkpoints trained with a different recipe "
+            f"({details}). Resuming would mix settings: choose a new --output, or delete "
+            "the folder to start over."
+        )
+
+
 def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir="models",
                cache_dir=None, allow_missing=False, use_cache=True, verbose=1):
     """Runs a recipe end to end and returns the metrics dict.
@@ -252,6 +282,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     start = time.time()
     output = Path(output)
     train, test = load_data(recipe, data_dir, allow_missing=allow_missing, verbose=verbose)
+    _check_same_recipe(output, recipe)
     output.mkdir(parents=True, exist_ok=True)
     recipe.save(output / "recipe.toml")
 

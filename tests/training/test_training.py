@@ -127,3 +127,15 @@ def test_warmup_and_schedule():
     assert values[3] == pytest.approx(0.5e-4, rel=1e-5)  # cosine half-way
     assert values[4] == pytest.approx(0.0, abs=1e-9)
     assert optimizer.weight_decay == pytest.approx(0.05) and optimizer.beta_1 == pytest.approx(0.9)
+
+
+def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe
+
+    first = load_recipe("demo")
+    first.save(tmp_path / "recipe.toml")
+    (tmp_path / "checkpoints").mkdir()
+    _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
+    with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
+        _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
