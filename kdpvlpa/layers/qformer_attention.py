@@ -2,6 +2,10 @@ import keras
 from keras import ops
 
 
+def bert_kernel_initializer():
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
 @keras.saving.register_keras_serializable(package="kdpvlpa")
 class QFormerAttention(keras.layers.Layer):
     """Multi-head attention block of the Q-Former, BERT style (post-norm).
@@ -53,15 +57,15 @@ class QFormerAttention(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.is_cross_attention = context_dim is not None
 
-        dense = dict(dtype=self.dtype_policy)
+        # BERT's initialisation (N(0, 0.02), zero bias), as BLIP-2 uses for the
+        # blocks a checkpoint does not provide (the cross-attention).
+        dense = dict(dtype=self.dtype_policy, kernel_initializer=bert_kernel_initializer())
         if self.is_cross_attention:
             self.query = keras.layers.Dense(hidden_dim, name="query", **dense)
             self.kv = keras.layers.Dense(2 * hidden_dim, name="kv", **dense)
         else:
             self.qkv = keras.layers.Dense(3 * hidden_dim, name="qkv", **dense)
-        self.output_dense = keras.layers.Dense(
-            hidden_dim, name="output_dense", **dense
-        )
+        self.output_dense = keras.layers.Dense(hidden_dim, name="output_dense", **dense)
         self.output_dropout = keras.layers.Dropout(
             dropout, name="output_dropout", dtype=self.dtype_policy
         )

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from kdpvlpa.layers.qformer_attention import bert_kernel_initializer
+
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
 class QFormerFeedForward(keras.layers.Layer):
@@ -29,10 +31,12 @@ class QFormerFeedForward(keras.layers.Layer):
         self.dropout = dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.intermediate_dense = keras.layers.Dense(
-            intermediate_dim, name="intermediate_dense", dtype=self.dtype_policy
+            intermediate_dim, name="intermediate_dense", dtype=self.dtype_policy,
+            kernel_initializer=bert_kernel_initializer(),
         )
         self.output_dense = keras.layers.Dense(
-            hidden_dim, name="output_dense", dtype=self.dtype_policy
+            hidden_dim, name="output_dense", dtype=self.dtype_policy,
+            kernel_initializer=bert_kernel_initializer(),
         )
         self.output_dropout = keras.layers.Dropout(
             dropout, name="output_dropout", dtype=self.dtype_policy

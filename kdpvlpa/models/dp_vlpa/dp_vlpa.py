@@ -481,6 +481,11 @@ class DPVLPA(keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self(x, training=False)["probabilities"]
 
+    def get_compile_config(self):
+        # A phase's compile arguments (class frequencies, Q_co) belong to its
+        # training data; a loaded model is compiled again for the next phase.
+        return None
+
     def load_weights(self, *args, **kwargs):
         super().load_weights(*args, **kwargs)
         self._class_embedding_cache = None

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with one CUDA device (run from the repository root).
+# 1. the test suite (without the vLLM CPU tests) with the device visible, so
+#    Keras' torch backend places every tensor on CUDA;
+# 2. the Q-Former train-step benchmark in bfloat16 and float32 on CUDA.
+# Packages missing on the device machine travel as wheels in .whl/ (see the
+# device tool's notes); they are installed to /tmp/site first when present.
+set -uo pipefail
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1 KERAS_BACKEND=torch
+python3 -c "import torch; print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))"
+out=${OUT:-/tmp}
+timeout 300 python3 -m pytest -q -x -m "not vllm and not slow" tests 2>&1 | tee "$out/gpu_tests.log" | tail -5
+python3 benchmarks/qformer_train_step.py --device cuda --dtype bfloat16 --threads 16 \
+  --steps 20 --warmup 5 2>&1 | tee "$out/gpu_bench_bf16.log" | tail -4
+python3 benchmarks/qformer_train_step.py --device cuda --dtype float32 --threads 16 \
+  --steps 20 --warmup 5 2>&1 | tee "$out/gpu_bench_fp32.log" | tail -4
