@@ -1,5 +1,6 @@
 """The interface every caption backend implements."""
 
+import abc
 import dataclasses
 
 
@@ -27,7 +28,7 @@ class SamplingSettings:
         return dataclasses.asdict(self)
 
 
-class CaptionBackend:
+class CaptionBackend(abc.ABC):
     """A way to answer chat conversations, batched.
 
     Subclasses set `name`, `model` and `sampling`, and implement `generate`.
@@ -43,6 +44,7 @@ class CaptionBackend:
         self.model = model
         self.sampling = sampling or SamplingSettings()
 
+    @abc.abstractmethod
     def generate(self, conversations, seeds):
         """Answer each conversation.
 
@@ -53,7 +55,6 @@ class CaptionBackend:
         Returns:
             A list of str, one answer per conversation, in order.
         """
-        raise NotImplementedError
 
     def describe(self):
         """Backend fields of a record."""

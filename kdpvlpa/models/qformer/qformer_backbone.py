@@ -88,27 +88,19 @@ class QFormerBackbone(keras.Model):
 
         # === Layers ===
         policy = self.dtype_policy
-        self.token_embedding = keras.layers.Embedding(
-            vocabulary_size,
-            hidden_dim,
-            embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=policy,
-            name="token_embedding",
-        )
-        self.position_embedding = keras.layers.Embedding(
-            max_sequence_length,
-            hidden_dim,
-            embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=policy,
-            name="position_embedding",
-        )
-        self.segment_embedding = keras.layers.Embedding(
-            num_segments,
-            hidden_dim,
-            embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
-            dtype=policy,
-            name="segment_embedding",
-        )
+        def embedding(rows, name):
+            # BERT's initialisation; checkpoints overwrite it.
+            return keras.layers.Embedding(
+                rows,
+                hidden_dim,
+                embeddings_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                dtype=policy,
+                name=name,
+            )
+
+        self.token_embedding = embedding(vocabulary_size, "token_embedding")
+        self.position_embedding = embedding(max_sequence_length, "position_embedding")
+        self.segment_embedding = embedding(num_segments, "segment_embedding")
         self.embeddings_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=policy, name="embeddings_layer_norm"
         )
