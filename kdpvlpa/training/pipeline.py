@@ -78,7 +78,7 @@ def build_model(recipe, class_names, models_dir="models"):
     )
 
 
-def load_data(recipe, data_dir, allow_missing=False, verbose=True):
+def load_data(recipe, data_dir, allow_missing=False):
     """Train and test `LTDataset`s for the recipe (the synthetic set is drawn)."""
     d = recipe.data
     if d.dataset == "synthetic":
@@ -106,10 +106,6 @@ def template_captions(data_dir, path):
     )
     llm_gen.generate_captions(split, make_backend("template"), path)
     return path
-
-
-def tokenize_captions(model, captions):
-    return model.tokenize(captions)
 
 
 def feature_source(model, paths, cache_dir, flips, batch_size, verbose):
@@ -281,7 +277,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         raise ValueError(f"`phase` must be pretrain, finetune or all. Received: {phase!r}")
     start = time.time()
     output = Path(output)
-    train, test = load_data(recipe, data_dir, allow_missing=allow_missing, verbose=verbose)
+    train, test = load_data(recipe, data_dir, allow_missing=allow_missing)
     _check_same_recipe(output, recipe)
     output.mkdir(parents=True, exist_ok=True)
     recipe.save(output / "recipe.toml")
@@ -306,7 +302,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     from kdpvlpa.training.trainer import train_phase
 
     model = build_model(recipe, train.class_names, models_dir)
-    token_ids, padding_mask = tokenize_captions(model, caption_texts)
+    token_ids, padding_mask = model.tokenize(caption_texts)
     if use_cache and cache_dir is None:
         cache_dir = output / "feature_cache"
     flips = bool(recipe.data.horizontal_flip)

@@ -10,15 +10,12 @@ from kdpvlpa.losses import dqr_weights
 from kdpvlpa.losses import global_contrastive_loss
 from kdpvlpa.losses import query_contrastive_loss
 from kdpvlpa.losses import weighted_contrastive_loss
+from kdpvlpa.losses._utils import l2_normalize
 from kdpvlpa.models.dp_vlpa.dp_vlpa_image_preprocessor import DPVLPAImagePreprocessor
 from kdpvlpa.models.qformer.qformer_tokenizer import pack_text
 
 PHASES = ("pretrain", "finetune")
 TEMPERATURE_RANGE = (0.001, 0.5)
-
-
-def _l2_normalize(x):
-    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
@@ -248,7 +245,7 @@ class DPVLPA(keras.Model):
     def encode_text(self, token_ids, padding_mask, training=False):
         """Projected, normalised `[CLS]` `(B, P)` and token `(B, L, P)` features."""
         sequence = self.qformer.encode_text(token_ids, padding_mask, training=training)
-        projected = _l2_normalize(self.text_proj(sequence))
+        projected = l2_normalize(self.text_proj(sequence))
         return projected[:, 0], projected
 
     def class_embeddings(self, training=False):
@@ -280,7 +277,7 @@ class DPVLPA(keras.Model):
         """Projected, normalised query features `(B, K, P)` from encoder tokens."""
         x = self.vision_layer_norm(image_features)
         queries = self.qformer.encode_queries(x, training=training)
-        return _l2_normalize(self.vision_proj(queries))
+        return l2_normalize(self.vision_proj(queries))
 
     def classify(self, image_queries, class_embeddings):
         similarity = ops.einsum("bkp,cp->bkc", image_queries, class_embeddings)
