@@ -3,5 +3,6 @@
 from kdpvlpa.layers.qformer_attention import QFormerAttention
 from kdpvlpa.layers.qformer_feed_forward import QFormerFeedForward
 from kdpvlpa.layers.qformer_layer import QFormerLayer
+from kdpvlpa.layers.token_packing import TokenPacking
 
-__all__ = ["QFormerAttention", "QFormerFeedForward", "QFormerLayer"]
+__all__ = ["QFormerAttention", "QFormerFeedForward", "QFormerLayer", "TokenPacking"]

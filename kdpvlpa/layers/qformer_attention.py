@@ -31,6 +31,10 @@ class QFormerAttention(keras.layers.Layer):
             only.
         padding_mask: optional `(batch, key_length)` boolean tensor; `True`
             marks keys that may be attended to.
+        packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`
+            (self-attention only). `hidden_states` is then the `(N,
+            hidden_dim)` matrix of the batch's real tokens, and so is the
+            output: the projections skip the padding.
         training: bool.
     """
 
@@ -94,7 +98,10 @@ class QFormerAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch, length, num, self.num_heads, self.head_dim))
         return [x[:, :, i] for i in range(num)]
 
-    def call(self, hidden_states, context=None, padding_mask=None, training=None):
+    def call(self, hidden_states, context=None, padding_mask=None, packing=None,
+             training=None):
+        if packing is not None and self.is_cross_attention:
+            raise ValueError("`packing` applies to self-attention blocks only.")
         if self.is_cross_attention:
             if context is None:
                 raise ValueError(
@@ -103,6 +110,8 @@ class QFormerAttention(keras.layers.Layer):
                 )
             (query,) = self._split_heads(self.query(hidden_states), 1)
             key, value = self._split_heads(self.kv(context), 2)
+        elif packing is not None:
+            query, key, value = self._split_heads(packing.pad(self.qkv(hidden_states)), 3)
         else:
             query, key, value = self._split_heads(self.qkv(hidden_states), 3)
         mask = None
@@ -113,6 +122,8 @@ class QFormerAttention(keras.layers.Layer):
         attended = ops.dot_product_attention(query, key, value, mask=mask)
         batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
         attended = ops.reshape(attended, (batch, length, self.hidden_dim))
+        if packing is not None:
+            attended = packing.pack(attended)
         attended = self.output_dropout(
             self.output_dense(attended), training=training
         )

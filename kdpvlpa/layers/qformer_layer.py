@@ -29,6 +29,8 @@ class QFormerLayer(keras.layers.Layer):
         image_features: `(batch, num_image_tokens, image_dim)`, needed with
             `query_states` when `has_cross_attention`.
         padding_mask: `(batch, length)` boolean mask of the text.
+        packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`;
+            `text_states` is then `(N, hidden_dim)`, the real tokens only.
         training: bool.
 
     Returns:
@@ -99,6 +101,7 @@ class QFormerLayer(keras.layers.Layer):
         text_states=None,
         image_features=None,
         padding_mask=None,
+        packing=None,
         training=None,
     ):
         if query_states is not None:
@@ -112,7 +115,8 @@ class QFormerLayer(keras.layers.Layer):
             )
         if text_states is not None:
             text_states = self.self_attention(
-                text_states, padding_mask=padding_mask, training=training
+                text_states, padding_mask=padding_mask, packing=packing,
+                training=training,
             )
             text_states = self.feed_forward(text_states, training=training)
         return query_states, text_states

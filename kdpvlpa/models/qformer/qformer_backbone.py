@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from kdpvlpa.layers.qformer_layer import QFormerLayer
+from kdpvlpa.layers.token_packing import TokenPacking
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
@@ -168,18 +169,29 @@ class QFormerBackbone(keras.Model):
         return x
 
     def encode_text(self, token_ids, padding_mask=None, training=None):
-        """Runs the text path: `(B, L)` token ids → `(B, L, D)`."""
+        """Runs the text path: `(B, L)` token ids → `(B, L, D)`.
+
+        Padded positions (`padding_mask` False) are skipped by every
+        token-wise block (see `kdpvlpa.layers.TokenPacking`) and come out as
+        zeros.
+        """
         length = ops.shape(token_ids)[1]
         positions = ops.arange(length, dtype="int32")
         x = self.token_embedding(token_ids)
         x = ops.add(x, ops.expand_dims(self.position_embedding(positions), 0))
         x = ops.add(x, self.segment_embedding.embeddings[0])
+        packing = TokenPacking.from_mask(padding_mask)
+        if packing is not None:
+            x = packing.pack(x)
         x = self.embeddings_dropout(
             self.embeddings_layer_norm(x), training=training
         )
         for layer in self.transformer_layers:
-            _, x = layer(text_states=x, padding_mask=padding_mask, training=training)
-        return x
+            _, x = layer(
+                text_states=x, padding_mask=padding_mask, packing=packing,
+                training=training,
+            )
+        return x if packing is None else packing.unpack(x)
 
     def call(self, inputs, training=None):
         outputs = {}

@@ -1,0 +1,61 @@
+import numpy as np
+import torch
+
+import kdpvlpa  # noqa: F401
+from kdpvlpa.layers import TokenPacking
+from kdpvlpa.models import QFormerBackbone
+
+
+def _backbone():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return QFormerBackbone(vocabulary_size=50, num_layers=3, num_heads=2, hidden_dim=16,
+                           intermediate_dim=32, image_dim=8, num_query_tokens=4, dropout=0.0)
+
+
+def _inputs():
+    lengths = np.array([3, 7, 1, 5])
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(5, 50, size=(4, 7)).astype("int32")
+    mask = np.arange(7)[None, :] < lengths[:, None]
+    token_ids[~mask] = 0
+    return token_ids, mask
+
+
+def test_packing_round_trip_by_hand():
+    mask = np.array([[True, True, False], [True, False, False]])
+    packing = TokenPacking.from_mask(torch.from_numpy(mask))
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3, 1) + 1  # 1..6
+    packed = packing.pack(x)
+    np.testing.assert_array_equal(packed.numpy().ravel(), [1, 2, 4])
+    # Padding holds copies of the previous real token (masked as keys).
+    np.testing.assert_array_equal(packing.pad(packed).numpy().ravel(), [1, 2, 2, 4, 4, 4])
+    np.testing.assert_array_equal(packing.unpack(packed).numpy().ravel(), [1, 2, 0, 4, 0, 0])
+    assert TokenPacking.from_mask(torch.ones(2, 3, dtype=torch.bool)) is None
+    assert TokenPacking.from_mask(None) is None
+
+
+def _text_loss(backbone, token_ids, mask, monkeypatch=None):
+    out = backbone.encode_text(token_ids, torch.from_numpy(mask), training=True)
+    weights = torch.linspace(-1, 1, out.shape[-1])
+    loss = (out[torch.from_numpy(mask)] * weights).sin().sum()
+    backbone.zero_grad()
+    loss.backward()
+    grads = {w.path: w.value.grad.clone() for w in backbone.trainable_weights
+             if w.value.grad is not None}
+    return out.detach().numpy(), grads
+
+
+def test_packed_text_path_equals_padded_one_with_gradients(monkeypatch):
+    backbone = _backbone()
+    token_ids, mask = _inputs()
+    packed_out, packed_grads = _text_loss(backbone, token_ids, mask)
+    monkeypatch.setattr(TokenPacking, "from_mask", classmethod(lambda cls, m: None))
+    padded_out, padded_grads = _text_loss(backbone, token_ids, mask)
+    np.testing.assert_allclose(packed_out[mask], padded_out[mask], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(packed_out[~mask], 0.0)
+    assert packed_grads.keys() == padded_grads.keys() and len(packed_grads) > 10
+    for name, grad in padded_grads.items():
+        np.testing.assert_allclose(packed_grads[name].numpy(), grad.numpy(), atol=1e-5,
+                                   rtol=1e-4, err_msg=name)
