@@ -6,6 +6,12 @@ image tokens of width 768, text length 64, batch 8, float32, dropout 0, 2
 threads). A step is: query path and text path forward, the global
 contrastive loss (GCL, eq. 1), backward, AdamW update.
 
+Captions are padded to 64 tokens with real lengths drawn from 16 to 64, as
+captions of mixed lengths are. kdpvlpa's text path skips the padding
+(`kdpvlpa.layers.TokenPacking`); transformers computes it. `--full-text`
+makes every caption 64 tokens long, leaving no padding to skip, to show the
+rest of the difference.
+
 - kdpvlpa: `DPVLPA.train_on_batch` in phase "pretrain" with QCL off, on
   precomputed image tokens (the encoder is frozen and cached in training).
 - reference: `Blip2QFormerModel` (query path) plus `BertModel` (text path)
@@ -16,6 +22,7 @@ and the throughput ratio (reference time / kdpvlpa time; above 1 means
 kdpvlpa is faster).
 
     python benchmarks/qformer_train_step.py --steps 10
+    python benchmarks/qformer_train_step.py --steps 10 --full-text
 """
 
 import argparse
@@ -49,12 +56,16 @@ def parse_args():
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--intermediate", type=int, default=3072)
+    parser.add_argument("--full-text", action="store_true",
+                        help="every caption 64 tokens long (no padding to skip)")
     return parser.parse_args()
 
 
 def make_inputs(args, rng):
     features = rng.normal(size=(args.batch_size, 197, 768)).astype("float32")
     lengths = rng.integers(16, 65, size=args.batch_size)
+    if args.full_text:
+        lengths[:] = 64
     token_ids = rng.integers(1000, 30000, size=(args.batch_size, 64)).astype("int32")
     mask = np.arange(64)[None, :] < lengths[:, None]
     token_ids[:, 0] = 101
@@ -170,6 +181,7 @@ def main():
     print(f"config: {args.layers} layers, width {args.hidden}, {args.heads} heads, 32 queries, "
           f"197x768 image tokens, text 64, batch {args.batch_size}, {args.dtype}, "
           f"{args.threads} threads, device {args.device}, {args.steps} timed steps each")
+    print(f"caption lengths: {sorted(mask.sum(1).tolist())}")
     print(f"kdpvlpa   median step: {med['kdpvlpa'] * 1000:8.1f} ms")
     print(f"reference median step: {med['reference'] * 1000:8.1f} ms")
     print(f"throughput ratio kdpvlpa/reference: {med['reference'] / med['kdpvlpa']:.3f}")
