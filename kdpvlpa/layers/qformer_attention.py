@@ -29,6 +29,13 @@ class QFormerAttention(keras.layers.Layer):
         hidden_states: `(batch, length, hidden_dim)` tensor.
         context: `(batch, context_length, context_dim)` tensor, cross-attention
             only.
+        context_scale, context_shift: optional `(context_dim,)` tensors, the
+            scale γ and shift β of a LayerNorm whose normalised output
+            `context` is (cross-attention only). The keys and values are then
+            those of `γ·context + β`, computed as `context · (γ·W) + (β·W + b)`:
+            the same values, but when `context` is a constant (frozen image
+            tokens) the backward pass needs no gradient for it, and skips the
+            largest matrix product of the block.
         padding_mask: optional `(batch, key_length)` boolean tensor; `True`
             marks keys that may be attended to.
         packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`
@@ -98,8 +105,19 @@ class QFormerAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch, length, num, self.num_heads, self.head_dim))
         return [x[:, :, i] for i in range(num)]
 
+    def _context_kv(self, context, scale, shift):
+        if scale is None:
+            return self.kv(context)
+        kernel = ops.cast(self.kv.kernel, self.compute_dtype)
+        bias = ops.cast(self.kv.bias, self.compute_dtype)
+        scale = ops.cast(scale, self.compute_dtype)
+        shift = ops.cast(shift, self.compute_dtype)
+        folded_kernel = ops.multiply(ops.expand_dims(scale, -1), kernel)
+        folded_bias = ops.add(ops.matmul(shift, kernel), bias)
+        return ops.add(ops.matmul(context, folded_kernel), folded_bias)
+
     def call(self, hidden_states, context=None, padding_mask=None, packing=None,
-             training=None):
+             context_scale=None, context_shift=None, training=None):
         if packing is not None and self.is_cross_attention:
             raise ValueError("`packing` applies to self-attention blocks only.")
         if self.is_cross_attention:
@@ -109,7 +127,9 @@ class QFormerAttention(keras.layers.Layer):
                     "a `context` tensor."
                 )
             (query,) = self._split_heads(self.query(hidden_states), 1)
-            key, value = self._split_heads(self.kv(context), 2)
+            key, value = self._split_heads(
+                self._context_kv(context, context_scale, context_shift), 2
+            )
         elif packing is not None:
             query, key, value = self._split_heads(packing.pad(self.qkv(hidden_states)), 3)
         else:

@@ -28,6 +28,8 @@ class QFormerLayer(keras.layers.Layer):
         text_states: `(batch, length, hidden_dim)` or None.
         image_features: `(batch, num_image_tokens, image_dim)`, needed with
             `query_states` when `has_cross_attention`.
+        image_scale, image_shift: optional `(image_dim,)` LayerNorm scale and
+            shift of normalised `image_features` (see `QFormerAttention`).
         padding_mask: `(batch, length)` boolean mask of the text.
         packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`;
             `text_states` is then `(N, hidden_dim)`, the real tokens only.
@@ -100,6 +102,8 @@ class QFormerLayer(keras.layers.Layer):
         query_states=None,
         text_states=None,
         image_features=None,
+        image_scale=None,
+        image_shift=None,
         padding_mask=None,
         packing=None,
         training=None,
@@ -108,7 +112,9 @@ class QFormerLayer(keras.layers.Layer):
             query_states = self.self_attention(query_states, training=training)
             if self.has_cross_attention:
                 query_states = self.cross_attention(
-                    query_states, context=image_features, training=training
+                    query_states, context=image_features,
+                    context_scale=image_scale, context_shift=image_shift,
+                    training=training,
                 )
             query_states = self.feed_forward_query(
                 query_states, training=training

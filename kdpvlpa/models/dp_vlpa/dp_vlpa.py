@@ -275,8 +275,18 @@ class DPVLPA(keras.Model):
 
     def image_queries(self, image_features, training=False):
         """Projected, normalised query features `(B, K, P)` from encoder tokens."""
-        x = self.vision_layer_norm(image_features)
-        queries = self.qformer.encode_queries(x, training=training)
+        # The vision LayerNorm's γ and β are folded into every cross-attention
+        # projection (see `QFormerBackbone.encode_queries`): the normalised
+        # tokens are constants of the frozen encoder, so the backward pass
+        # skips their gradient, the largest matrix product of the query path.
+        norm = self.vision_layer_norm
+        normalized = ops.layer_normalization(
+            ops.cast(image_features, "float32"), epsilon=norm.epsilon
+        )
+        queries = self.qformer.encode_queries(
+            ops.cast(normalized, self.compute_dtype), training=training,
+            image_scale=norm.gamma, image_shift=norm.beta,
+        )
         return l2_normalize(self.vision_proj(queries))
 
     def classify(self, image_queries, class_embeddings):

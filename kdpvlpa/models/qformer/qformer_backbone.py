@@ -154,8 +154,16 @@ class QFormerBackbone(keras.Model):
             layer.build()
         self.built = True
 
-    def encode_queries(self, image_features, training=None):
-        """Runs the query path: `(B, S, image_dim)` → `(B, K, D)`."""
+    def encode_queries(self, image_features, training=None, image_scale=None,
+                       image_shift=None):
+        """Runs the query path: `(B, S, image_dim)` → `(B, K, D)`.
+
+        With `image_scale` and `image_shift` (`(image_dim,)` γ and β of a
+        LayerNorm), `image_features` are the normalised tokens before that
+        affine step, which every cross-attention folds into its projection:
+        the same result as passing `γ·image_features + β`, with a cheaper
+        backward pass when the image tokens are constants.
+        """
         batch = ops.shape(image_features)[0]
         x = ops.broadcast_to(
             ops.cast(self.query_tokens, self.compute_dtype),
@@ -165,7 +173,10 @@ class QFormerBackbone(keras.Model):
             self.embeddings_layer_norm(x), training=training
         )
         for layer in self.transformer_layers:
-            x, _ = layer(query_states=x, image_features=image_features, training=training)
+            x, _ = layer(
+                query_states=x, image_features=image_features,
+                image_scale=image_scale, image_shift=image_shift, training=training,
+            )
         return x
 
     def encode_text(self, token_ids, padding_mask=None, training=None):

@@ -59,3 +59,39 @@ def test_packed_text_path_equals_padded_one_with_gradients(monkeypatch):
     for name, grad in padded_grads.items():
         np.testing.assert_allclose(packed_grads[name].numpy(), grad.numpy(), atol=1e-5,
                                    rtol=1e-4, err_msg=name)
+
+
+def test_folded_image_norm_equals_normalising_first_with_gradients():
+    import keras
+
+    backbone = _backbone()
+    norm = keras.layers.LayerNormalization(epsilon=1e-5)
+    norm.build((None, None, 8))
+    rng = np.random.default_rng(1)
+    norm.gamma.assign(rng.normal(1.0, 0.3, size=8).astype("float32"))
+    norm.beta.assign(rng.normal(0.0, 0.3, size=8).astype("float32"))
+    features = torch.from_numpy(rng.normal(size=(2, 6, 8)).astype("float32"))
+    normalized = keras.ops.layer_normalization(features, epsilon=1e-5)
+
+    def run(folded):
+        if folded:
+            out = backbone.encode_queries(normalized, image_scale=norm.gamma,
+                                          image_shift=norm.beta)
+        else:
+            out = backbone.encode_queries(norm(features))
+        for w in backbone.trainable_weights + norm.trainable_weights:
+            w.value.grad = None
+        (out * torch.linspace(-1, 1, out.shape[-1])).sin().sum().backward()
+        grads = {w.path: w.value.grad.clone()
+                 for w in backbone.trainable_weights + norm.trainable_weights
+                 if w.value.grad is not None}
+        return out.detach().numpy(), grads
+
+    folded_out, folded_grads = run(True)
+    plain_out, plain_grads = run(False)
+    np.testing.assert_allclose(folded_out, plain_out, atol=1e-5, rtol=0)
+    assert folded_grads.keys() == plain_grads.keys()
+    assert {norm.gamma.path, norm.beta.path} <= folded_grads.keys()
+    for name, grad in plain_grads.items():
+        np.testing.assert_allclose(folded_grads[name].numpy(), grad.numpy(), atol=1e-5,
+                                   rtol=1e-4, err_msg=name)
