@@ -103,7 +103,11 @@ class QFormerAttention(keras.layers.Layer):
         # (batch, length, num * hidden) -> num tensors (batch, length, heads, dim)
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         x = ops.reshape(x, (batch, length, num, self.num_heads, self.head_dim))
-        return [x[:, :, i] for i in range(num)]
+        if num == 1:
+            return [x[:, :, 0]]
+        # One unstack, not `num` slices: its gradient is one stack, where each
+        # slice's would fill a full-size zero tensor.
+        return ops.unstack(x, axis=2)
 
     def _context_kv(self, context, scale, shift):
         if scale is None:
