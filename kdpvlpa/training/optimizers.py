@@ -36,6 +36,7 @@ class AdamW(keras.optimizers.AdamW):
     def _fused(self):
         return (
             keras.backend.backend() == "torch"
+            and hasattr(torch, "_fused_adamw_")
             and not self.amsgrad
             and not self.gradient_accumulation_steps
         )
