@@ -20,6 +20,9 @@ import math
 import keras
 import torch
 
+# Devices with a fused AdamW kernel in every torch this package supports.
+_FUSED_DEVICES = ("cpu", "cuda")
+
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
 class AdamW(keras.optimizers.AdamW):
@@ -29,7 +32,10 @@ class AdamW(keras.optimizers.AdamW):
     (decoupled weight decay `v ← v − lr·wd·v` first, honouring
     `exclude_from_weight_decay`, then the Adam step
     `v ← v − α·m / (sqrt(v) + ε)`, `α = lr·sqrt(1 − β₂ᵗ) / (1 − β₁ᵗ)`).
-    `amsgrad=True`, other backends and gradient accumulation fall back to
+    For float32 variables the results equal Keras' to rounding; for
+    lower-precision variables the kernel computes in float32 internally, so
+    they are a little more accurate than Keras'. `amsgrad=True`, other
+    backends, gradient accumulation and devices without the kernel use
     Keras' implementation.
     """
 
@@ -57,21 +63,35 @@ class AdamW(keras.optimizers.AdamW):
         weight_decay = float(self.weight_decay or 0.0)
         epsilon = self.epsilon / math.sqrt(1.0 - self.beta_2**step)
         # One kernel call per (device, dtype, decayed or not) group.
-        groups = {}
+        groups, unfused = {}, ([], [])
         for keras_variable, grad in zip(variables, grads):
-            index = self._get_variable_index(keras_variable)
             var = keras_variable.value
+            if var.device.type not in _FUSED_DEVICES:
+                unfused[0].append(grad)
+                unfused[1].append(keras_variable)
+                continue
+            index = self._get_variable_index(keras_variable)
             decay = weight_decay if self._use_weight_decay(keras_variable) else 0.0
-            group = groups.setdefault((var.device, var.dtype, decay), ([], [], [], []))
-            group[0].append(var)
-            group[1].append(grad.to(var.dtype))
+            group = groups.setdefault((var.device, var.dtype, decay), ([], [], [], [], []))
+            # The kernel walks raw memory and ignores strides: every tensor
+            # it gets must be contiguous (the moments always are).
+            contiguous = var if var.is_contiguous() else var.contiguous()
+            group[0].append(contiguous)
+            group[1].append(grad.to(var.dtype).contiguous())
             group[2].append(self._momentums[index].value)
             group[3].append(self._velocities[index].value)
+            group[4].append((var, contiguous))
         with torch.no_grad():
-            for (device, _, decay), (params, param_grads, ms, vs) in groups.items():
+            for (device, _, decay), (params, param_grads, ms, vs, pairs) in groups.items():
                 steps = [torch.tensor(step, dtype=torch.float32, device=device)] * len(params)
                 torch._fused_adamw_(
                     params, param_grads, ms, vs, [], steps,
                     lr=lr, beta1=self.beta_1, beta2=self.beta_2,
                     weight_decay=decay, eps=epsilon, amsgrad=False, maximize=False,
                 )
+                for var, contiguous in pairs:
+                    if contiguous is not var:
+                        var.copy_(contiguous)
+        if unfused[1]:
+            super()._apply_weight_decay(unfused[1])
+            super()._backend_update_step(unfused[0], unfused[1], learning_rate)

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import torch
 
 from kdpvlpa.training import make_optimizer
 from kdpvlpa.training.optimizers import AdamW
@@ -44,3 +45,27 @@ def test_fused_adamw_excludes_variables_from_decay():
     optimizer.apply([keras.ops.zeros((2, 2)), keras.ops.zeros((2,))], [kernel, bias])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), 1 - 0.1 * 0.5, rtol=1e-6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), 1.0)
+
+
+def test_fused_adamw_handles_strided_variables_and_gradients():
+    # The fused kernel ignores strides: a transposed gradient for a plain
+    # variable, or a plain gradient for a variable stored transposed, must
+    # still update the right elements.
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 5)).astype("float32")
+    grads = [rng.normal(size=(5, 3)).astype("float32") for _ in range(4)]
+
+    def run(optimizer):
+        plain = keras.Variable(np.ascontiguousarray(start.T))
+        transposed = keras.Variable(start.T)
+        assert plain.value.is_contiguous() and not transposed.value.is_contiguous()
+        for g in grads:
+            strided = torch.from_numpy(np.ascontiguousarray(g.T)).T
+            assert not strided.is_contiguous()
+            optimizer.apply([strided, torch.from_numpy(g)], [plain, transposed])
+        return [keras.ops.convert_to_numpy(v) for v in (plain, transposed)]
+
+    kwargs = dict(learning_rate=0.05, weight_decay=0.1)
+    for got, want in zip(run(AdamW(**kwargs)), run(keras.optimizers.AdamW(**kwargs))):
+        # A wrong element order would be off by ~0.1 (the step size).
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
