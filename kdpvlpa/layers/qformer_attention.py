@@ -29,6 +29,13 @@ class QFormerAttention(keras.layers.Layer):
         hidden_states: `(batch, length, hidden_dim)` tensor.
         context: `(batch, context_length, context_dim)` tensor, cross-attention
             only.
+        padding_mask: optional `(batch, key_length)` boolean tensor; `True`
+            marks keys that may be attended to.
+        training: bool.
+        packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`
+            (self-attention only). `hidden_states` is then the `(N,
+            hidden_dim)` matrix of the batch's real tokens, and so is the
+            output: the projections skip the padding.
         context_scale, context_shift: optional `(context_dim,)` tensors, the
             scale γ and shift β of a LayerNorm whose normalised output
             `context` is (cross-attention only). The keys and values are then
@@ -36,13 +43,6 @@ class QFormerAttention(keras.layers.Layer):
             the same values, but when `context` is a constant (frozen image
             tokens) the backward pass needs no gradient for it, and skips the
             largest matrix product of the block.
-        padding_mask: optional `(batch, key_length)` boolean tensor; `True`
-            marks keys that may be attended to.
-        packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`
-            (self-attention only). `hidden_states` is then the `(N,
-            hidden_dim)` matrix of the batch's real tokens, and so is the
-            output: the projections skip the padding.
-        training: bool.
     """
 
     def __init__(
@@ -112,6 +112,9 @@ class QFormerAttention(keras.layers.Layer):
     def _context_kv(self, context, scale, shift):
         if scale is None:
             return self.kv(context)
+        if getattr(self.kv, "quantization_mode", None):
+            # A quantized kernel cannot be folded: normalise first.
+            return self.kv(ops.add(ops.multiply(context, scale), shift))
         kernel = ops.cast(self.kv.kernel, self.compute_dtype)
         bias = ops.cast(self.kv.bias, self.compute_dtype)
         scale = ops.cast(scale, self.compute_dtype)
@@ -120,10 +123,21 @@ class QFormerAttention(keras.layers.Layer):
         folded_bias = ops.add(ops.matmul(shift, kernel), bias)
         return ops.add(ops.matmul(context, folded_kernel), folded_bias)
 
-    def call(self, hidden_states, context=None, padding_mask=None, packing=None,
-             context_scale=None, context_shift=None, training=None):
-        if packing is not None and self.is_cross_attention:
-            raise ValueError("`packing` applies to self-attention blocks only.")
+    def call(self, hidden_states, context=None, padding_mask=None, training=None,
+             packing=None, context_scale=None, context_shift=None):
+        if packing is not None:
+            if self.is_cross_attention:
+                raise ValueError("`packing` applies to self-attention blocks only.")
+            if padding_mask is None:
+                raise ValueError(
+                    "`packing` needs the `padding_mask` it was built from: the "
+                    "attention must not see the padded positions."
+                )
+        if (context_scale is None) != (context_shift is None):
+            raise ValueError(
+                "Pass `context_scale` and `context_shift` together (the scale "
+                "and shift of the context's LayerNorm), or neither."
+            )
         if self.is_cross_attention:
             if context is None:
                 raise ValueError(

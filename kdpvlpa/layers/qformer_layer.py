@@ -28,12 +28,12 @@ class QFormerLayer(keras.layers.Layer):
         text_states: `(batch, length, hidden_dim)` or None.
         image_features: `(batch, num_image_tokens, image_dim)`, needed with
             `query_states` when `has_cross_attention`.
-        image_scale, image_shift: optional `(image_dim,)` LayerNorm scale and
-            shift of normalised `image_features` (see `QFormerAttention`).
         padding_mask: `(batch, length)` boolean mask of the text.
+        training: bool.
         packing: optional `kdpvlpa.layers.TokenPacking` of `padding_mask`;
             `text_states` is then `(N, hidden_dim)`, the real tokens only.
-        training: bool.
+        image_scale, image_shift: optional `(image_dim,)` LayerNorm scale and
+            shift of normalised `image_features` (see `QFormerAttention`).
 
     Returns:
         A `(query_states, text_states)` tuple; an entry is None when its input
@@ -102,11 +102,11 @@ class QFormerLayer(keras.layers.Layer):
         query_states=None,
         text_states=None,
         image_features=None,
+        padding_mask=None,
+        training=None,
+        packing=None,
         image_scale=None,
         image_shift=None,
-        padding_mask=None,
-        packing=None,
-        training=None,
     ):
         if query_states is not None:
             query_states = self.self_attention(query_states, training=training)

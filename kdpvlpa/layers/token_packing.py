@@ -1,3 +1,4 @@
+import keras
 from keras import ops
 
 
@@ -16,7 +17,9 @@ class TokenPacking:
     by `pack`, so it changes no value and no gradient.
 
     Build it with `TokenPacking.from_mask`, which returns None when nothing
-    would be saved (no mask, or no padding).
+    would be saved (no mask, no padding, or no real token at all) and for
+    symbolic inputs. Building one reads the mask (a device synchronisation on
+    GPU), so it suits eager execution, which is how kdpvlpa trains.
 
     Args:
         padding_mask: `(B, L)` boolean tensor, `True` at real tokens.
@@ -37,9 +40,13 @@ class TokenPacking:
 
     @classmethod
     def from_mask(cls, padding_mask):
-        if padding_mask is None or not hasattr(padding_mask, "device"):
+        if padding_mask is None or isinstance(padding_mask, keras.KerasTensor):
             return None
-        if str(padding_mask.device) == "meta" or bool(ops.all(padding_mask)):
+        padding_mask = ops.convert_to_tensor(padding_mask)
+        if str(padding_mask.device) == "meta":
+            return None
+        # Nothing to skip, or nothing to keep.
+        if bool(ops.all(padding_mask)) or not bool(ops.any(padding_mask)):
             return None
         return cls(padding_mask)
 

@@ -95,3 +95,30 @@ def test_folded_image_norm_equals_normalising_first_with_gradients():
     for name, grad in plain_grads.items():
         np.testing.assert_allclose(folded_grads[name].numpy(), grad.numpy(), atol=1e-5,
                                    rtol=1e-4, err_msg=name)
+
+
+def test_packing_edge_cases_and_misuse():
+    import pytest
+
+    from kdpvlpa.layers import QFormerAttention
+
+    backbone = _backbone()
+    token_ids, _ = _inputs()
+    # No real token at all: nothing to pack; the padded path runs.
+    assert TokenPacking.from_mask(np.zeros((2, 3), bool)) is None
+    out = backbone.encode_text(token_ids, np.zeros(token_ids.shape, bool))
+    assert out.shape == (4, 7, 16) and np.isfinite(out.detach().numpy()).all()
+    # NumPy masks and lists pack too, so padded outputs are zeros.
+    mask = [[True, True, False], [True, False, False]]
+    assert TokenPacking.from_mask(mask).num_tokens == 3
+    out = backbone.encode_text(np.array([[5, 6, 0], [7, 0, 0]], "int32"), mask)
+    np.testing.assert_array_equal(out.detach().numpy()[~np.array(mask)], 0.0)
+
+    attention = QFormerAttention(16, 2)
+    packing = TokenPacking.from_mask(mask)
+    with pytest.raises(ValueError, match="padding_mask"):
+        attention(torch.zeros(3, 16), packing=packing)
+    cross = QFormerAttention(16, 2, context_dim=8)
+    with pytest.raises(ValueError, match="together"):
+        cross(torch.zeros(2, 4, 16), context=torch.zeros(2, 5, 8),
+              context_scale=torch.ones(8))
