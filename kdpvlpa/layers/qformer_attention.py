@@ -43,10 +43,6 @@ class QFormerAttention(keras.layers.Layer):
             the same values, but when `context` is a constant (frozen image
             tokens) the backward pass needs no gradient for it, and skips the
             largest matrix product of the block.
-        first_only: bool (self-attention only). Compute the output of the
-            first position of each sequence only (`[CLS]`), as
-            `(batch, 1, hidden_dim)`; keys and values still cover every
-            position. With `packing`, the output is not packed.
     """
 
     def __init__(
@@ -128,9 +124,7 @@ class QFormerAttention(keras.layers.Layer):
         return ops.add(ops.matmul(context, folded_kernel), folded_bias)
 
     def call(self, hidden_states, context=None, padding_mask=None, training=None,
-             packing=None, context_scale=None, context_shift=None, first_only=False):
-        if first_only and self.is_cross_attention:
-            raise ValueError("`first_only` applies to self-attention blocks only.")
+             packing=None, context_scale=None, context_shift=None):
         if packing is not None:
             if self.is_cross_attention:
                 raise ValueError("`packing` applies to self-attention blocks only.")
@@ -158,16 +152,6 @@ class QFormerAttention(keras.layers.Layer):
             query, key, value = self._split_heads(packing.pad(self.qkv(hidden_states)), 3)
         else:
             query, key, value = self._split_heads(self.qkv(hidden_states), 3)
-        residual = hidden_states
-        if first_only:
-            # Only the first position's output is wanted: it still attends to
-            # every key, but the rest of the block runs on one row a sequence.
-            query = query[:, :1]
-            if packing is not None:
-                residual = ops.take(hidden_states, packing.first_rows, axis=0)
-                residual = ops.expand_dims(residual, 1)
-            else:
-                residual = hidden_states[:, :1]
         mask = None
         if padding_mask is not None:
             # (batch, key_length) -> (batch, 1, 1, key_length), broadcast over
@@ -176,12 +160,12 @@ class QFormerAttention(keras.layers.Layer):
         attended = ops.dot_product_attention(query, key, value, mask=mask)
         batch, length = ops.shape(attended)[0], ops.shape(attended)[1]
         attended = ops.reshape(attended, (batch, length, self.hidden_dim))
-        if packing is not None and not first_only:
+        if packing is not None:
             attended = packing.pack(attended)
         attended = self.output_dropout(
             self.output_dense(attended), training=training
         )
-        return self.output_layer_norm(ops.add(residual, attended))
+        return self.output_layer_norm(ops.add(hidden_states, attended))
 
     def compute_output_shape(self, hidden_states_shape, context_shape=None):
         return tuple(hidden_states_shape)

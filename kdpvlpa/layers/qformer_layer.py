@@ -34,8 +34,6 @@ class QFormerLayer(keras.layers.Layer):
             `text_states` is then `(N, hidden_dim)`, the real tokens only.
         image_scale, image_shift: optional `(image_dim,)` LayerNorm scale and
             shift of normalised `image_features` (see `QFormerAttention`).
-        text_first_only: bool. Return the text's first position (`[CLS]`)
-            only, as `(batch, 1, hidden_dim)`.
 
     Returns:
         A `(query_states, text_states)` tuple; an entry is None when its input
@@ -109,7 +107,6 @@ class QFormerLayer(keras.layers.Layer):
         packing=None,
         image_scale=None,
         image_shift=None,
-        text_first_only=False,
     ):
         if query_states is not None:
             query_states = self.self_attention(query_states, training=training)
@@ -125,7 +122,7 @@ class QFormerLayer(keras.layers.Layer):
         if text_states is not None:
             text_states = self.self_attention(
                 text_states, padding_mask=padding_mask, packing=packing,
-                training=training, first_only=text_first_only,
+                training=training,
             )
             text_states = self.feed_forward(text_states, training=training)
         return query_states, text_states

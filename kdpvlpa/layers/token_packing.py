@@ -37,8 +37,6 @@ class TokenPacking:
         self.padded_rows = ops.maximum(rank, 0)
         # Same, with padding pointing past the end (at an appended zero row).
         self.output_rows = ops.where(mask, rank, self.num_tokens)
-        # Packed row of each sequence's first position (its `[CLS]`).
-        self.first_rows = ops.reshape(self.padded_rows, (self.batch_size, self.length))[:, 0]
 
     @classmethod
     def from_mask(cls, padding_mask):

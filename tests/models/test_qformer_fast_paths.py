@@ -122,30 +122,3 @@ def test_packing_edge_cases_and_misuse():
     with pytest.raises(ValueError, match="together"):
         cross(torch.zeros(2, 4, 16), context=torch.zeros(2, 5, 8),
               context_scale=torch.ones(8))
-
-
-def test_cls_only_text_path_equals_first_position_with_gradients(monkeypatch):
-    backbone = _backbone()
-    token_ids, mask = _inputs()
-
-    def run(cls_only):
-        out = backbone.encode_text(token_ids, torch.from_numpy(mask), training=True,
-                                   cls_only=cls_only)
-        cls = out if cls_only else out[:, 0]
-        backbone.zero_grad()
-        (cls * torch.linspace(-1, 1, cls.shape[-1])).sin().sum().backward()
-        grads = {w.path: w.value.grad.clone() for w in backbone.trainable_weights
-                 if w.value.grad is not None}
-        return cls.detach().numpy(), grads
-
-    for packed in (True, False):
-        if not packed:
-            monkeypatch.setattr(TokenPacking, "from_mask", classmethod(lambda cls, m: None))
-        cls_out, cls_grads = run(True)
-        full_out, full_grads = run(False)
-        assert cls_out.shape == (4, 16)
-        np.testing.assert_allclose(cls_out, full_out, atol=1e-5, rtol=0)
-        assert cls_grads.keys() == full_grads.keys()
-        for name, grad in full_grads.items():
-            np.testing.assert_allclose(cls_grads[name].numpy(), grad.numpy(), atol=1e-5,
-                                       rtol=1e-4, err_msg=name)

@@ -61,8 +61,7 @@ class DPVLPA(keras.Model):
     Returns:
         dict with `"logits"` and `"probabilities"` `(B, C)`, the normalised
         queries `"image_queries"` `(B, K, P)`, and for captions
-        `"text_cls"` `(B, P)`, `"text_tokens"` `(B, L, P)`, `"token_mask"`
-        (in training, the last two only when QCL needs them).
+        `"text_cls"` `(B, P)`, `"text_tokens"` `(B, L, P)`, `"token_mask"`.
 
     Example:
     ```python
@@ -243,17 +242,8 @@ class DPVLPA(keras.Model):
             self._prompt_tokens = (token_ids[:, :length], padding_mask[:, :length])
         return self._prompt_tokens
 
-    def encode_text(self, token_ids, padding_mask, training=False, tokens=True):
-        """Projected, normalised `[CLS]` `(B, P)` and token `(B, L, P)` features.
-
-        With `tokens=False` the token features are None, and the Q-Former's
-        last layer computes `[CLS]` only.
-        """
-        if not tokens:
-            cls = self.qformer.encode_text(
-                token_ids, padding_mask, training=training, cls_only=True
-            )
-            return l2_normalize(self.text_proj(cls)), None
+    def encode_text(self, token_ids, padding_mask, training=False):
+        """Projected, normalised `[CLS]` `(B, P)` and token `(B, L, P)` features."""
         sequence = self.qformer.encode_text(token_ids, padding_mask, training=training)
         projected = l2_normalize(self.text_proj(sequence))
         return projected[:, 0], projected
@@ -266,12 +256,10 @@ class DPVLPA(keras.Model):
         """
         if training:
             token_ids, padding_mask = self._prompt_inputs()
-            return self.encode_text(token_ids, padding_mask, training=False, tokens=False)[0]
+            return self.encode_text(token_ids, padding_mask, training=False)[0]
         if self._class_embedding_cache is None:
             token_ids, padding_mask = self._prompt_inputs()
-            cls_features = self.encode_text(
-                token_ids, padding_mask, training=False, tokens=False
-            )[0]
+            cls_features = self.encode_text(token_ids, padding_mask, training=False)[0]
             self._class_embedding_cache = ops.stop_gradient(cls_features)
         return self._class_embedding_cache
 
@@ -333,21 +321,14 @@ class DPVLPA(keras.Model):
         if inputs.get("token_ids") is not None:
             token_ids = inputs["token_ids"]
             padding_mask = ops.cast(inputs["padding_mask"], "bool")
-            # Training needs the token features for QCL only.
-            tokens = not training or (
-                self.phase == "pretrain" and getattr(self, "qcl_weight", 1.0) != 0
+            text_cls, text_tokens = self.encode_text(token_ids, padding_mask, training)
+            sep = ops.not_equal(token_ids, self.tokenizer.sep_token_id)
+            not_cls = ops.greater(ops.arange(ops.shape(token_ids)[1]), 0)[None, :]
+            outputs.update(
+                text_cls=text_cls,
+                text_tokens=text_tokens,
+                token_mask=ops.logical_and(ops.logical_and(padding_mask, sep), not_cls),
             )
-            text_cls, text_tokens = self.encode_text(
-                token_ids, padding_mask, training, tokens=tokens
-            )
-            outputs["text_cls"] = text_cls
-            if tokens:
-                sep = ops.not_equal(token_ids, self.tokenizer.sep_token_id)
-                not_cls = ops.greater(ops.arange(ops.shape(token_ids)[1]), 0)[None, :]
-                outputs.update(
-                    text_tokens=text_tokens,
-                    token_mask=ops.logical_and(ops.logical_and(padding_mask, sep), not_cls),
-                )
         return outputs
 
     # ------------------------------------------------------------------

@@ -179,13 +179,12 @@ class QFormerBackbone(keras.Model):
             )
         return x
 
-    def encode_text(self, token_ids, padding_mask=None, training=None, cls_only=False):
+    def encode_text(self, token_ids, padding_mask=None, training=None):
         """Runs the text path: `(B, L)` token ids → `(B, L, D)`.
 
         Padded positions (`padding_mask` False) are skipped by every
         token-wise block (see `kdpvlpa.layers.TokenPacking`) and come out as
-        zeros. With `cls_only=True` it returns the first position (`[CLS]`)
-        only, `(B, D)`, and the last layer computes nothing else.
+        zeros.
         """
         length = ops.shape(token_ids)[1]
         positions = ops.arange(length, dtype="int32")
@@ -198,14 +197,11 @@ class QFormerBackbone(keras.Model):
         x = self.embeddings_dropout(
             self.embeddings_layer_norm(x), training=training
         )
-        last = len(self.transformer_layers) - 1
-        for i, layer in enumerate(self.transformer_layers):
+        for layer in self.transformer_layers:
             _, x = layer(
                 text_states=x, padding_mask=padding_mask, packing=packing,
-                training=training, text_first_only=cls_only and i == last,
+                training=training,
             )
-        if cls_only:
-            return x[:, 0]
         return x if packing is None else packing.unpack(x)
 
     def call(self, inputs, training=None):
