@@ -1,20 +1,26 @@
 """The method learns on the synthetic long-tailed set (slow: ~3 minutes)."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from kdpvlpa.recipes import load_recipe
 from kdpvlpa.training.pipeline import run_recipe
 
-# The setting of benchmarks/dqr_coa_ablation.py with its README figures.
-SMALL = [
-    'model.vision_preset="tiny_random_vit"', 'model.qformer_preset="tiny_random_bert"',
-    "model.num_query_tokens=8", "model.projection_dim=32", "model.sequence_length=32",
-    "data.num_classes=12", "data.num_train=400", "data.num_test=200",
-    "pretrain.epochs=3", "finetune.epochs=25", "pretrain.learning_rate=1e-3",
-    "finetune.learning_rate=3e-3",
-]
-WITHOUT = ["finetune.dqr_reweighting=false", "finetune.lambda_coa=0.0"]
+
+def _ablation_setting():
+    """`SMALL` and `VARIANTS` of benchmarks/dqr_coa_ablation.py, whose figures the README quotes."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "dqr_coa_ablation.py"
+    spec = importlib.util.spec_from_file_location("dqr_coa_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SMALL, module.VARIANTS
+
+
+SMALL, VARIANTS = _ablation_setting()
+WITHOUT = VARIANTS["without"]
 
 
 def _run(tmp_path, seed, extra=()):
