@@ -45,8 +45,9 @@ class TokenPacking:
         padding_mask = ops.convert_to_tensor(padding_mask)
         if str(padding_mask.device) == "meta":
             return None
-        # Nothing to skip, or nothing to keep.
-        if bool(ops.all(padding_mask)) or not bool(ops.any(padding_mask)):
+        # Nothing to skip, or nothing to keep (one read of the mask).
+        count = int(ops.sum(ops.cast(padding_mask, "int32")))
+        if count == 0 or count == int(ops.size(padding_mask)):
             return None
         return cls(padding_mask)
 
