@@ -9,7 +9,7 @@ vllm; backends import their engine when built.
 
 from llm_gen.generate import Shard, generate_captions
 from llm_gen.prompt import PROMPT_VERSION, build_messages
-from llm_gen.records import CaptionFileError, load_captions, read_records
+from llm_gen.records import CaptionFileError, read_records
 from llm_gen.splits import ImageItem, Split, SplitError, load_split
 from llm_gen.template import TEMPLATE_VERSION, template_caption
 from llm_gen.validate import count_class_mentions, strip_tags, validate, word_count
@@ -25,7 +25,6 @@ __all__ = [
     "build_messages",
     "count_class_mentions",
     "generate_captions",
-    "load_captions",
     "load_split",
     "read_records",
     "strip_tags",

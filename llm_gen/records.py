@@ -11,12 +11,13 @@ import fcntl
 import json
 import os
 
+# One error class for caption files across the project: training's reader
+# (`kdpvlpa.data.load_caption_file`) raises the same one. kdpvlpa.data is
+# pure Python, numpy and pillow, so llm_gen stays free of keras and torch.
+from kdpvlpa.data.captions import CaptionFileError
+
 REQUIRED_KEYS = ("image_id", "caption", "raw_caption", "status")
 STATUSES = ("valid", "retried", "fallback")
-
-
-class CaptionFileError(ValueError):
-    """Raised when a caption file is malformed or inconsistent."""
 
 
 def _check_record(record, path, line_no):
@@ -218,34 +219,3 @@ def index_records(records, path):
             )
         by_id[image_id] = record
     return by_id
-
-
-def load_captions(path, image_ids=None):
-    """Read a finished caption file for training.
-
-    Args:
-        path: path-like. The JSONL file.
-        image_ids: optional iterable. The split's image ids; every one must
-            have a record, and no other id may appear.
-
-    Returns:
-        A dict image id -> clean caption.
-    """
-    records, torn = read_records(path, allow_torn_tail=False)
-    by_id = index_records(records, path)
-    if image_ids is not None:
-        expected = list(image_ids)
-        missing = [i for i in expected if i not in by_id]
-        if missing:
-            raise CaptionFileError(
-                f"{path} has no caption for {len(missing)} of {len(expected)} "
-                f"images of the split, e.g. {missing[:3]!r}; finish generation "
-                "(rerun the same command to resume) or merge the shards."
-            )
-        extra = set(by_id) - set(expected)
-        if extra:
-            raise CaptionFileError(
-                f"{path} holds {len(extra)} images that are not in the split, e.g. "
-                f"{sorted(extra, key=repr)[:3]!r}."
-            )
-    return {image_id: record["caption"] for image_id, record in by_id.items()}

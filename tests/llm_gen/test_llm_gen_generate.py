@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from kdpvlpa.cli import main
 from llm_gen import PROMPT_VERSION, load_split, template_caption
 from llm_gen.generate import Shard, generate_captions, image_seed
-from llm_gen.records import CaptionFileError, load_captions, read_records
+from kdpvlpa.data import load_caption_file
+from llm_gen.records import CaptionFileError, read_records
 from llm_gen_test_helpers import (
     ScriptedBackend,
     always_valid,
@@ -159,8 +160,12 @@ def test_cli_template_backend_on_voc(tmp_path):
     assert {r["status"] for r in records} == {"valid"}
     assert {r["backend"] for r in records} == {"template"}
     assert records[0]["image_id"] == "2008_000023"
-    captions = load_captions(out, load_split("voc_lt").image_ids)
-    assert len(captions) == 1142
+    # The file is the contract with training: its reader gets every caption,
+    # in the split's order.
+    image_ids = load_split("voc_lt").image_ids
+    captions = load_caption_file(out, image_ids)
+    by_id = {r["image_id"]: r["caption"] for r in records}
+    assert captions == [by_id[i] for i in image_ids] and len(captions) == 1142
 
     result = runner.invoke(main, ["captions", "stats", str(out), "--dataset", "voc_lt"])
     assert result.exit_code == 0, result.output
@@ -227,11 +232,11 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
     assert result.exit_code != 0 and "junk.jsonl:1: record lacks the key(s)" in result.output
 
 
-def test_load_captions_refuses_incomplete_files(split, tmp_path):
+def test_training_reader_refuses_incomplete_files(split, tmp_path):
     out = tmp_path / "c.jsonl"
     generate_captions(split, ScriptedBackend(always_valid), out, limit=4)
     with pytest.raises(CaptionFileError, match="no caption for 8 of 12 images"):
-        load_captions(out, split.image_ids)
+        load_caption_file(out, split.image_ids)
     records, torn = read_records(out)
     assert len(records) == 4 and torn == b""
 
