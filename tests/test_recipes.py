@@ -45,7 +45,7 @@ def test_frozen_and_round_trip(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.finetune.epochs = 3
     assert load_recipe_text(recipe.to_toml(), name="demo") == recipe
-    path = recipe.save(tmp_path / "resolved.toml")
+    path = recipe.save(tmp_path / "run" / "resolved.toml")  # creates run/
     assert load_recipe(path) == dataclasses.replace(recipe, name="resolved")
 
 

@@ -5,6 +5,8 @@ processes, so a script that builds this backend needs an
 `if __name__ == "__main__":` guard (the `kdpvlpa` command has one).
 """
 
+from pathlib import Path
+
 from llm_gen.backends.base import (
     BackendError,
     CaptionBackend,
@@ -17,7 +19,7 @@ class VLLMBackend(CaptionBackend):
     """Generates with `vllm.LLM.chat`, one `SamplingParams` (and seed) a prompt.
 
     Args:
-        model: str. A local model folder (or anything `vllm.LLM` accepts).
+        model: str. A local model folder (nothing is downloaded).
         sampling: `SamplingSettings`.
         tensor_parallel_size: int. GPUs one model is split over.
         chat_template: str or None. A Jinja chat template that replaces the
@@ -32,12 +34,19 @@ class VLLMBackend(CaptionBackend):
     def __init__(self, model, sampling=None, tensor_parallel_size=1,
                  chat_template=None, engine_args=None):
         super().__init__(model=model, sampling=sampling)
+        if not Path(str(model)).expanduser().is_dir():
+            # vllm.LLM would take a hub id and try to download it.
+            raise BackendError(
+                f"--model {model!r} is not a local folder. The vllm backend reads "
+                "a model saved on disk (config, tokenizer and weights); nothing "
+                "is downloaded."
+            )
         try:
             import vllm
         except ImportError as e:
             raise BackendError(
-                "The vllm backend needs vLLM: `pip install vllm` on a CUDA machine, "
-                "or the CPU build as described in llm_gen/README.md "
+                "The vllm backend needs vLLM: `pip install -e \".[vllm]\"` on a CUDA "
+                "machine, or the CPU build as described in llm_gen/README.md "
                 f"({type(e).__name__}: {e})."
             ) from e
         self._vllm = vllm

@@ -221,6 +221,10 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
     result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
                                   "--backend", "vllm", "--out", out])
     assert result.exit_code != 0 and "needs --model" in result.output
+    result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                  "--backend", "vllm", "--model", "google/gemma-2-9b-it",
+                                  "--out", out])
+    assert result.exit_code != 0 and "is not a local folder" in result.output
     bad_captions = tmp_path / "caps.json"
     bad_captions.write_text("[1, 2]")
     result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),

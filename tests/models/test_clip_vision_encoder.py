@@ -75,6 +75,31 @@ def test_encoder_is_frozen_and_config_round_trips(tmp_path):
     )
 
 
+def test_local_keras_hub_preset_loads_with_the_same_layer_outputs(tmp_path):
+    import keras
+    import keras_hub
+
+    hub = keras_hub.models.CLIPVisionEncoder(
+        patch_size=8, hidden_dim=16, num_layers=3, num_heads=2, intermediate_dim=32,
+        intermediate_activation="quick_gelu", image_shape=(32, 32, 3),
+    )
+    hub.save_to_preset(tmp_path / "hub")
+    images = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
+    for feature_layer, block in ((-1, "encoder_block_2"), (-2, "encoder_block_1")):
+        encoder = CLIPVisionEncoder.from_preset(tmp_path / "hub", feature_layer=feature_layer)
+        # keras-hub's output is after its final LayerNorm; kdpvlpa reads the
+        # hidden states of one block, as BLIP-2 does.
+        reference = keras.Model(hub.input, hub.get_layer(block).output)({"images": images})
+        np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()),
+                                   np.asarray(reference.detach().cpu()), atol=1e-6, rtol=0)
+
+
+def test_a_bare_preset_name_is_refused_not_downloaded():
+    # keras-hub would fetch such a name from Kaggle; kdpvlpa never downloads.
+    with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
+        CLIPVisionEncoder.from_preset("clip_vit_base_patch16")
+
+
 def test_position_ids_are_a_range():
     encoder = CLIPVisionEncoder.from_preset("tiny_random_vit")
     ids = np.asarray(encoder.encoder.embedding.position_ids.numpy()).ravel()

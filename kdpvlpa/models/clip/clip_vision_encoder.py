@@ -136,7 +136,7 @@ class CLIPVisionEncoder(keras.Model):
         Args:
             preset: str or path. A local Hugging Face folder of a `CLIPModel`
                 or `CLIPVisionModel` (`save_pretrained`; safetensors or bin),
-                a keras-hub CLIP preset (local folder or name), a kdpvlpa
+                a local keras-hub CLIP preset folder, a kdpvlpa
                 preset folder, or `"tiny_random_vit"` (a small randomly
                 initialised encoder for demos and tests).
             **kwargs: `feature_layer`, `image_size`, `dtype`.

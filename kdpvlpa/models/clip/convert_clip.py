@@ -100,8 +100,7 @@ def _from_keras_hub(preset, **kwargs):
         hub = keras_hub.models.Backbone.from_preset(str(preset))
     except Exception as error:  # keras-hub raises many kinds for a bad preset
         raise ValueError(
-            f"Could not load keras-hub preset {preset!r}: {error}. Without "
-            "network access only local preset folders load."
+            f"Could not load the keras-hub preset folder {preset!r}: {error}."
         ) from None
     vision = getattr(hub, "vision_encoder", hub)
     from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
@@ -129,14 +128,15 @@ def load_clip_vision_preset(preset, **kwargs):
         return CLIPVisionEncoder(**config)
     path = Path(preset).expanduser()
     if not path.is_dir():
-        if "/" in str(preset) or "\\" in str(preset) or path.suffix:
-            raise FileNotFoundError(
-                f"CLIP checkpoint folder {preset!r} does not exist. Give a local "
-                "Hugging Face CLIPModel/CLIPVisionModel folder (e.g. "
-                "openai/clip-vit-base-patch16 saved with save_pretrained), a "
-                "keras-hub preset, or 'tiny_random_vit'."
-            )
-        return _from_keras_hub(preset, **kwargs)
+        # kdpvlpa never downloads: a bare keras-hub name (which keras-hub
+        # would fetch from Kaggle) is refused like a missing folder.
+        raise FileNotFoundError(
+            f"CLIP checkpoint folder {preset!r} does not exist. Give a local "
+            "Hugging Face CLIPModel/CLIPVisionModel folder (e.g. "
+            "openai/clip-vit-base-patch16 saved with save_pretrained), a local "
+            "keras-hub CLIP preset folder (`save_to_preset`), or "
+            "'tiny_random_vit'. Nothing is downloaded."
+        )
     if is_kdpvlpa_preset(path):
         model, _ = load_model_preset(CLIPVisionEncoder, path, **kwargs)
         return model
