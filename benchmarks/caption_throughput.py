@@ -10,7 +10,7 @@ is downloaded), which measures engine overhead more than model compute; give a
 real model folder for a meaningful figure.
 
     python benchmarks/caption_throughput.py                     # tiny random model
-    python benchmarks/caption_throughput.py --model /models/gemma-2-2b-it \
+    python benchmarks/caption_throughput.py --model models/gemma-2-2b-it \
         --num-prompts 256 --max-tokens 128
 
 Needs vLLM (see llm_gen/README.md); on CPU run it with the vLLM environment's

@@ -127,7 +127,7 @@ def generate_captions_command(dataset, split_file, original_captions,
     \b
     Examples:
       kdpvlpa generate-captions --dataset voc_lt --out captions.jsonl
-      kdpvlpa generate-captions --dataset voc_lt --model /models/gemma-2-9b-it \\
+      kdpvlpa generate-captions --dataset voc_lt --model models/gemma-2-9b-it \\
           --out captions.jsonl
       kdpvlpa generate-captions --dataset coco_lt --backend openai \\
           --base-url http://localhost:8000/v1 --out coco.jsonl --shard 0/2
