@@ -13,12 +13,16 @@ features. Features live in one `.npy` array per dataset, written in place
 through a memory map; a separate completion map records which rows are
 finished and is replaced atomically after every flushed chunk, so a run
 killed half-way leaves a cache whose finished rows are valid and whose
-missing rows are computed by the next run, never read as garbage.
+missing rows are computed by the next run, never read as garbage. One
+process fills a cache at a time (a file lock); another waits for it.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +59,11 @@ def _hash_json(obj):
 def encoder_fingerprint(model):
     """Hash of the encoder's config, its weights and the preprocessing."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(model.image_encoder.get_config(), sort_keys=True,
-                             default=str).encode())
+    # The layer's name is not part of what it computes: two equal encoders
+    # built in one process ("clip_vision_encoder", "..._1") share a cache.
+    config = dict(model.image_encoder.get_config())
+    config.pop("name", None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     pre = model.preprocessor.get_config()
     pre = {k: pre[k] for k in ("image_size", "mean", "std", "interpolation")}
     digest.update(json.dumps(pre, sort_keys=True).encode())
@@ -77,9 +84,26 @@ def images_fingerprint(paths):
 
 
 def _atomic_save(path, array):
-    tmp = path.with_name(path.name + ".tmp.npy")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, array)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+    """Holds an exclusive lock on `lock_path`: one process fills a cache at a
+    time; another waits, then finds the rows done."""
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another run that is filling {lock_path.parent}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class FeatureCache:
@@ -123,6 +147,7 @@ class FeatureCache:
         self.features_path = folder / f"{stem}.features.npy"
         self.done_path = folder / f"{stem}.done.npy"
         self.meta_path = folder / f"{stem}.json"
+        self.lock_path = folder / f"{stem}.lock"
 
     @property
     def shape(self):
@@ -134,12 +159,19 @@ class FeatureCache:
         shape = self.shape
         if self.features_path.exists() and self.done_path.exists():
             try:
-                features = np.load(self.features_path, mmap_mode="r+")
+                # Read-only first: a file shorter than its header says fails
+                # here, where "r+" would silently extend it with zeros.
+                check = np.load(self.features_path, mmap_mode="r")
                 done = np.load(self.done_path)
-                if features.shape == shape and done.shape == (shape[0],):
-                    return features, done.astype(bool)
-            except (ValueError, OSError):
+                if (check.shape == shape and check.dtype == np.dtype(self.dtype)
+                        and done.shape == (shape[0],)):
+                    del check
+                    return np.load(self.features_path, mmap_mode="r+"), done.astype(bool)
+            except (ValueError, EOFError):
                 pass  # unreadable: rebuilt below
+        # Forget the finished rows before the features file is recreated (and
+        # zeroed): a run killed in between must not find old rows marked done.
+        self.done_path.unlink(missing_ok=True)
         features = np.lib.format.open_memmap(
             self.features_path, mode="w+", dtype=self.dtype, shape=shape
         )
@@ -160,11 +192,12 @@ class FeatureCache:
 
     def load(self):
         """Completes the cache if needed; returns the features (read-only map)."""
-        features, done = self._open()
-        todo = np.flatnonzero(~done)
-        if len(todo):
-            self._compute(features, done, todo)
-        del features
+        with _exclusive(self.lock_path):
+            features, done = self._open()
+            todo = np.flatnonzero(~done)
+            if len(todo):
+                self._compute(features, done, todo)
+            del features
         return np.load(self.features_path, mmap_mode="r")
 
     def _compute(self, features, done, todo):

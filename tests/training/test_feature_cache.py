@@ -72,6 +72,63 @@ def test_half_written_cache_is_completed_not_read(tmp_path, synthetic_train):
     assert cache.status() == (8, 8)
 
 
+def test_damaged_features_file_is_rebuilt_never_served_as_zeros(tmp_path, synthetic_train,
+                                                                 monkeypatch):
+    from kdpvlpa.training import feature_cache as fc
+
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:3]
+    cache = FeatureCache(tmp_path, model, paths, progress=False)
+    expected = np.array(cache.load())
+    assert np.abs(expected).max() > 0
+    # A features file cut short (a partial copy, a full disk) while the
+    # completion map says every row is done: "r+" would extend it with zeros.
+    with open(cache.features_path, "r+b") as f:
+        f.truncate(cache.features_path.stat().st_size // 2)
+    # And a run killed while rebuilding it, after the features file was
+    # recreated but before the completion map was reset.
+    real_save = fc._atomic_save
+
+    def killed(path, array):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(fc, "_atomic_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.load()
+    monkeypatch.setattr(fc, "_atomic_save", real_save)
+    assert cache.status() == (0, 3)
+    np.testing.assert_allclose(np.array(cache.load()), expected, atol=1e-6)
+    assert cache.status() == (3, 3)
+
+
+def test_equal_encoders_share_a_key_whatever_their_layer_names(synthetic_train):
+    first = tiny_model(synthetic_train.class_names)
+    second = tiny_model(synthetic_train.class_names)
+    assert first.image_encoder.name != second.image_encoder.name
+    assert encoder_fingerprint(first) == encoder_fingerprint(second)
+
+
+def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, synthetic_train):
+    import fcntl
+    import threading
+
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:4]
+    cache = FeatureCache(tmp_path, model, paths, progress=False)
+    expected = np.array(cache.load())
+    result = {}
+    with open(cache.lock_path, "a") as held:  # another process holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        reader = threading.Thread(target=lambda: result.setdefault("x", np.array(
+            FeatureCache(tmp_path, model, paths, progress=False).load())))
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and "x" not in result  # waiting, not reading
+        fcntl.flock(held, fcntl.LOCK_UN)
+    reader.join(timeout=30)
+    np.testing.assert_array_equal(result["x"], expected)
+
+
 def test_training_on_cached_features_gives_the_same_losses(tmp_path, synthetic_train):
     histories = []
     for use_cache in (False, True):
