@@ -124,7 +124,18 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
     if state and (checkpoint_dir / "last.weights.h5").exists():
         optimizer.build(model.trainable_variables)
         model.load_weights(str(checkpoint_dir / "last.weights.h5"))
-        initial_epoch = int(state["epochs_done"])
+        # The weights file (optimizer state included) is written before
+        # state.json, so a run killed between the two leaves weights one epoch
+        # ahead of state.json: the optimizer's step count is what says how
+        # many epochs the weights hold.
+        steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        if steps % len(batches):
+            raise RuntimeError(
+                f"The checkpoint in {checkpoint_dir} holds {steps} optimizer steps, not a "
+                f"whole number of epochs of {len(batches)} steps: it was written with other "
+                "data or batch size. Delete the folder to start this phase over."
+            )
+        initial_epoch = steps // len(batches)
         if verbose:
             print(f"Resuming {phase} after epoch {initial_epoch} of {epochs}.")
     if initial_epoch < epochs:

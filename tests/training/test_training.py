@@ -57,6 +57,42 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, synthetic_train):
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
 
 
+def test_run_killed_between_weights_and_state_resumes_to_the_same_weights(
+        tmp_path, synthetic_train, monkeypatch):
+    from kdpvlpa.training import trainer
+
+    args = {"learning_rate": 1e-3, "warmup_steps": 2}
+    straight = tiny_model(synthetic_train.class_names)
+    train_phase(straight, "pretrain", _batches(straight, synthetic_train), 2, args,
+                tmp_path / "a", verbose=0)
+
+    # Killed after epoch 2's weights replaced the checkpoint but before
+    # state.json said so: the weights are one epoch ahead of state.json.
+    real_write = trainer._write_json_atomic
+    calls = []
+
+    def killed_on_second_write(path, obj):
+        calls.append(path)
+        if len(calls) == 2:
+            raise StopAfter()
+        real_write(path, obj)
+
+    monkeypatch.setattr(trainer, "_write_json_atomic", killed_on_second_write)
+    killed = tiny_model(synthetic_train.class_names)
+    with pytest.raises(StopAfter):
+        train_phase(killed, "pretrain", _batches(killed, synthetic_train), 2, args,
+                    tmp_path / "b", verbose=0)
+    monkeypatch.setattr(trainer, "_write_json_atomic", real_write)
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["epochs_done"] == 1
+
+    resumed = tiny_model(synthetic_train.class_names)
+    train_phase(resumed, "pretrain", _batches(resumed, synthetic_train), 2, args,
+                tmp_path / "b", verbose=0)
+    assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
+    for a, b in zip(weights_of(straight), weights_of(resumed)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_finished_phase_is_not_trained_again(tmp_path, synthetic_train):
     model = tiny_model(synthetic_train.class_names)
     first = train_phase(model, "pretrain", _batches(model, synthetic_train), 1,
