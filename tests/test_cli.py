@@ -211,6 +211,22 @@ def test_rerun_resumes_without_retraining(tiny_run):
             assert _same(again[key][group], tiny_run["metrics"][key][group]), (key, group)
 
 
+def test_finetune_alone_needs_a_finished_phase_one(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--phase", "finetune")
+    assert result.exit_code == 1 and "holds no phase-1 checkpoint" in result.output
+    assert not (run / "checkpoints").exists()  # stopped before any training
+    # A phase 1 that stopped half-way is not a starting point either.
+    pretrain = run / "checkpoints" / "pretrain"
+    pretrain.mkdir(parents=True)
+    (pretrain / "last.weights.h5").write_bytes(
+        (tiny_run["run"] / "checkpoints" / "pretrain" / "last.weights.h5").read_bytes())
+    (pretrain / "state.json").write_text(json.dumps(
+        {"epochs_done": 1, "complete": False, "history": []}))
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--phase", "finetune")
+    assert result.exit_code == 1 and "stopped after epoch 1" in result.output
+
+
 def test_evaluate_reproduces_the_metrics(tiny_run):
     result = _invoke("evaluate", "--run", tiny_run["run"], "--data-dir", tiny_run["data"])
     assert result.exit_code == 0, result.output

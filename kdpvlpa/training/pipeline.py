@@ -257,6 +257,25 @@ def _check_same_recipe(output, recipe):
         )
 
 
+def _check_pretrained(folder):
+    """`--phase finetune` starts from a finished phase 1, never from half of one."""
+    from kdpvlpa.training.trainer import phase_state
+
+    state = phase_state(folder)
+    if state is None or not (Path(folder) / "last.weights.h5").exists():
+        raise PipelineError(
+            f"--phase finetune starts from phase 1's weights, but {folder} holds no "
+            "phase-1 checkpoint. Run --phase pretrain (or all) first, or set "
+            "pretrain.epochs=0 to fine-tune from the initial weights."
+        )
+    if not state.get("complete"):
+        raise PipelineError(
+            f"--phase finetune starts from a finished phase 1, but the one in {folder} "
+            f"stopped after epoch {state.get('epochs_done')}. Rerun --phase pretrain "
+            "(or all) to finish it."
+        )
+
+
 def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir="models",
                cache_dir=None, allow_missing=False, use_cache=True, verbose=1):
     """Runs a recipe end to end and returns the metrics dict.
@@ -279,6 +298,9 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     output = Path(output)
     train, test = load_data(recipe, data_dir, allow_missing=allow_missing)
     _check_same_recipe(output, recipe)
+    checkpoints = output / "checkpoints"
+    if phase == "finetune" and recipe.pretrain.epochs > 0:
+        _check_pretrained(checkpoints / "pretrain")
     output.mkdir(parents=True, exist_ok=True)
     recipe.save(output / "recipe.toml")
 
@@ -320,14 +342,13 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         return dict(learning_rate=section.learning_rate, weight_decay=section.weight_decay,
                     warmup_steps=section.warmup_steps, warmup_fraction=section.warmup_fraction)
 
-    checkpoints = output / "checkpoints"
     if phase in ("pretrain", "all") and recipe.pretrain.epochs > 0:
         if verbose:
             print(f"Phase 1 (knowledge injection): {recipe.pretrain.epochs} epochs")
         train_phase(model, "pretrain", batches(recipe.pretrain, None), recipe.pretrain.epochs,
                     optimizer_args(recipe.pretrain), checkpoints / "pretrain",
                     seed=recipe.seed, verbose=verbose)
-    elif phase == "finetune" and (checkpoints / "pretrain" / "last.weights.h5").exists():
+    elif phase == "finetune" and recipe.pretrain.epochs > 0:
         model.load_weights(str(checkpoints / "pretrain" / "last.weights.h5"))
     if phase in ("finetune", "all") and recipe.finetune.epochs > 0:
         f = recipe.finetune
