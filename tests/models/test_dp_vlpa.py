@@ -470,3 +470,18 @@ def test_bad_compile_arguments_are_rejected():
     with pytest.raises(ValueError, match=r"3 classes"):
         model.compile(phase="finetune", class_freq=[1, 2],
                       co_occurrence=co_occurrence_matrix(labels))
+
+
+def test_temperature_stays_in_range_after_optimizer_steps():
+    from kdpvlpa.training import make_optimizer
+
+    model = _tiny_model()
+    # Steps that would move τ far above 0.5, then far below 0.001: the
+    # parameter itself is clamped, as BLIP-2's temp.clamp_(0.001, 0.5).
+    for grad, bound in ((-1e3, 0.5), (1e3, 0.001)):
+        optimizer = make_optimizer(100, learning_rate=1.0, warmup_steps=0)
+        optimizer.build([model.temperature])
+        for _ in range(3):
+            optimizer.apply([torch.tensor(grad)], [model.temperature])
+        assert float(_np(model.temperature)) == pytest.approx(bound)
+

@@ -19,6 +19,27 @@ TEMPERATURE_RANGE = (0.001, 0.5)
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
+class ClipValue(keras.constraints.Constraint):
+    """Keeps a variable in `[min_value, max_value]` after every optimizer step.
+
+    BLIP-2 clamps its temperature in place (`temp.clamp_(0.001, 0.5)`), so the
+    parameter itself stays in range and keeps receiving gradient at a bound;
+    clipping only where it is used would leave it stuck outside, with zero
+    gradient, once a step pushed it there.
+    """
+
+    def __init__(self, min_value, max_value):
+        self.min_value = float(min_value)
+        self.max_value = float(max_value)
+
+    def __call__(self, w):
+        return ops.clip(w, self.min_value, self.max_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+@keras.saving.register_keras_serializable(package="kdpvlpa")
 class DPVLPA(keras.Model):
     """DP-VLPA long-tailed multi-label recognizer.
 
@@ -44,7 +65,8 @@ class DPVLPA(keras.Model):
         tokenizer: keras-hub `BertTokenizer` of the Q-Former.
         class_names: list of str. Natural class names ("dining table").
         projection_dim: int. Width P of the shared embedding space.
-        temperature: float. Initial τ (clamped to [0.001, 0.5] in use).
+        temperature: float. Initial τ; kept in [0.001, 0.5] after every
+            optimizer step, as BLIP-2 clamps it.
         sequence_length: int. Token length of captions and prompts.
         prompt_template: str. Class prompt with one `{}` for the name.
         image_mean: 3 floats. Normalisation mean (CLIP's by default).
@@ -155,7 +177,8 @@ class DPVLPA(keras.Model):
         self.text_proj.build((None, None, self.qformer.hidden_dim))
         t0 = self.initial_temperature
         self.temperature = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(t0), name="temperature"
+            shape=(), initializer=keras.initializers.Constant(t0), name="temperature",
+            constraint=ClipValue(*TEMPERATURE_RANGE),
         )
         self.logit_scale = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(1.0 / t0), name="logit_scale"
