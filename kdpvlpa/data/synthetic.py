@@ -20,7 +20,6 @@ so the real loading code reads it:
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from PIL import Image, ImageDraw
 from kdpvlpa.data.images import find_missing_images
 from kdpvlpa.data.loading import load_split_dir
 from kdpvlpa.data.splits import frequency_groups
+from kdpvlpa.utils.files import atomic_write
 
 PREFIX = "synthetic_lt"
 # Bump when the drawing or sampling changes, so stale folders are rebuilt.
@@ -281,10 +281,7 @@ def _condition_prob(labels):
 
 
 def _write_json(path, data):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data), encoding="utf-8"))
 
 
 def _generate_split(rng, part, num_images, targets, parents, rank_to_class, names,

@@ -21,13 +21,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from kdpvlpa.data.images import load_image
+from kdpvlpa.utils.files import atomic_write
 
 CACHE_FORMAT_VERSION = 1
 
@@ -84,9 +84,7 @@ def images_fingerprint(paths):
 
 
 def _atomic_save(path, array):
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, array))
 
 
 @contextlib.contextmanager

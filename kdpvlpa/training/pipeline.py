@@ -14,6 +14,7 @@ import numpy as np
 # Only kdpvlpa.data at import time (no keras / torch): `kdpvlpa fit` with
 # missing data stops at the data check, at once.
 from kdpvlpa.data import load_caption_file, load_dataset, make_synthetic_lt
+from kdpvlpa.utils.files import atomic_write
 
 # The paper's Table 1, DP-VLPA row (mAP %), for the run report.
 PAPER_TABLE1 = {
@@ -165,7 +166,7 @@ def write_report(run_dir, recipe, test, scores, baseline, seconds):
         "test_positives": test.labels.sum(0).astype(int),
         "ap": np.round(ap, 4),
     })
-    table.to_csv(run_dir / "per_class_ap.csv", index=False)
+    atomic_write(run_dir / "per_class_ap.csv", lambda tmp: table.to_csv(tmp, index=False))
     paper = PAPER_TABLE1.get(recipe.data.dataset)
     metrics = {
         "dataset": recipe.data.dataset,
@@ -178,8 +179,8 @@ def write_report(run_dir, recipe, test, scores, baseline, seconds):
     }
     # An empty group (e.g. no head class in a small set) has mAP NaN: null in
     # the file, which must stay valid JSON.
-    (run_dir / "metrics.json").write_text(
-        json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False))
+    text = json.dumps(_nan_to_none(metrics), indent=2, allow_nan=False)
+    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     _plot(run_dir / "per_class_ap.png", table, ours, paper, recipe.data.dataset)
     return metrics
 
@@ -223,7 +224,7 @@ def _plot(path, table, ours, paper, dataset):
     ax2.set_title("mAP (%)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -368,7 +369,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
                 classification_loss_options=options,
             ),
         )
-    model.save(str(output / "model.keras"))
+    atomic_write(output / "model.keras", lambda tmp: model.save(str(tmp)))
 
     scores = predict_scores(model, test, cache_dir if use_cache else None,
                             recipe.eval.batch_size, verbose)

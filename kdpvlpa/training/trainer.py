@@ -1,13 +1,13 @@
 """Running one training phase with `fit`: optimizer, checkpoints, resume."""
 
 import json
-import os
 from pathlib import Path
 
 import keras
 
 from kdpvlpa.training.batches import EpochSeed
 from kdpvlpa.training.optimizers import AdamW
+from kdpvlpa.utils.files import atomic_write
 
 # AdamW does not decay biases, LayerNorm parameters, queries, embeddings'
 # LayerNorm or the scalars (τ, logit scale and bias), as BLIP-2/LAVIS.
@@ -55,9 +55,7 @@ def make_optimizer(total_steps, learning_rate=1e-4, weight_decay=0.05, warmup_st
 
 
 def _write_json_atomic(path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -74,9 +72,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / "last.tmp.weights.h5"
-        self.model.save_weights(str(tmp))
-        os.replace(tmp, self.folder / "last.weights.h5")
+        atomic_write(self.folder / "last.weights.h5",
+                     lambda tmp: self.model.save_weights(str(tmp)))
         history = []
         state_file = self.folder / "state.json"
         if state_file.exists():
@@ -150,7 +147,8 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
     state = phase_state(checkpoint_dir) or {"epochs_done": epochs, "history": []}
     if not (checkpoint_dir / "last.weights.h5").exists():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        model.save_weights(str(checkpoint_dir / "last.weights.h5"))
+        atomic_write(checkpoint_dir / "last.weights.h5",
+                     lambda tmp: model.save_weights(str(tmp)))
     state["complete"] = True
     _write_json_atomic(checkpoint_dir / "state.json", state)
     model.invalidate_class_embeddings()
