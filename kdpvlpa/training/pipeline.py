@@ -258,6 +258,27 @@ def _check_same_recipe(output, recipe):
         )
 
 
+def _check_same_captions(output, image_ids, captions):
+    """Refuses to resume a run folder whose checkpoints saw other captions.
+
+    The recipe does not name the caption file, so the run folder keeps a
+    hash of the (image id, caption) pairs it trained on.
+    """
+    import hashlib
+
+    pairs = [[str(i), c] for i, c in zip(image_ids, captions)]
+    digest = hashlib.sha256(json.dumps(pairs).encode("utf-8")).hexdigest()
+    saved = Path(output) / "captions.sha256"
+    if (saved.exists() and (Path(output) / "checkpoints").exists()
+            and saved.read_text().strip() != digest):
+        raise PipelineError(
+            f"The run folder {output} holds checkpoints trained on other captions (another "
+            "--captions file, or the file changed since). Resuming would mix two caption "
+            "sets: choose a new --output, or delete the folder to start over."
+        )
+    atomic_write(saved, lambda tmp: tmp.write_text(digest + "\n"))
+
+
 def _check_pretrained(folder):
     """`--phase finetune` starts from a finished phase 1, never from half of one."""
     from kdpvlpa.training.trainer import phase_state
@@ -318,6 +339,7 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         caption_texts = list(train.captions)
     else:
         raise PipelineError("No captions for phase 1: pass --captions FILE.")
+    _check_same_captions(output, train.image_ids, caption_texts)
 
     # keras / torch only now, after the data and caption checks.
     from kdpvlpa.losses import co_occurrence_matrix

@@ -165,6 +165,19 @@ def test_warmup_and_schedule():
     assert optimizer.weight_decay == pytest.approx(0.05) and optimizer.beta_1 == pytest.approx(0.9)
 
 
+def test_run_folder_trained_on_other_captions_is_not_resumed(tmp_path):
+    from kdpvlpa.training.pipeline import PipelineError, _check_same_captions
+
+    ids, captions = ["a", "b"], ["a dog on a sofa.", "a cow in a field."]
+    _check_same_captions(tmp_path, ids, captions)  # first run: records them
+    (tmp_path / "checkpoints").mkdir()
+    _check_same_captions(tmp_path, ids, list(captions))  # same captions: resumes
+    with pytest.raises(PipelineError, match="trained on other captions"):
+        _check_same_captions(tmp_path, ids, ["a dog on a sofa.", "a <tail>cow</tail>."])
+    with pytest.raises(PipelineError, match="trained on other captions"):
+        _check_same_captions(tmp_path, ["b", "a"], captions)
+
+
 def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe
