@@ -17,7 +17,7 @@ depends on its size and on the captions' length:
 - `--captions stag` (default): STAG-length captions (llm_gen's template
   descriptions of VOC-LT training images, 50-80 words) at the recipes'
   sequence length of 64 tokens; `--captions short`: one short sentence
-  (about 12 tokens) at length 40.
+  (about 14 tokens) at length 40.
 
 The script also counts the floating-point operations of both parts
 (`torch.utils.flop_counter`) and prints the speed-up they allow at equal

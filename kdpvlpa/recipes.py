@@ -226,10 +226,12 @@ class Recipe:
         Example:
         >>> recipe.save("runs/demo/recipe.toml")  # doctest: +SKIP
         """
+        from kdpvlpa.utils.files import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_toml(), encoding="utf-8")
-        return path
+        text = self.to_toml()
+        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 SECTIONS = {

@@ -11,13 +11,17 @@ import fcntl
 import json
 import os
 
-# One error class for caption files across the project: training's reader
-# (`kdpvlpa.data.load_caption_file`) raises the same one. kdpvlpa.data is
-# pure Python, numpy and pillow, so llm_gen stays free of keras and torch.
-from kdpvlpa.data.captions import CaptionFileError
-
 REQUIRED_KEYS = ("image_id", "caption", "raw_caption", "status")
 STATUSES = ("valid", "retried", "fallback")
+
+
+class CaptionFileError(ValueError):
+    """Raised when a caption file is malformed or inconsistent.
+
+    llm_gen does not import kdpvlpa (whose import selects a Keras backend),
+    so training's reader, `kdpvlpa.data.load_caption_file`, has its own
+    `kdpvlpa.data.CaptionFileError`.
+    """
 
 
 def _check_record(record, path, line_no):

@@ -87,10 +87,21 @@ def _atomic_save(path, array):
     atomic_write(path, lambda tmp: np.save(tmp, array))
 
 
+_HELD = set()  # lock files this process holds
+
+
 @contextlib.contextmanager
 def _exclusive(lock_path):
     """Holds an exclusive lock on `lock_path`: one process fills a cache at a
-    time; another waits, then finds the rows done."""
+    time; another waits, then finds the rows done. The lock is not re-entrant:
+    a second `load` of the same cache inside one process is an error, where
+    waiting would never end."""
+    key = str(Path(lock_path).resolve())
+    if key in _HELD:
+        raise RuntimeError(
+            f"This process is already filling the cache {lock_path.parent}; a "
+            "nested load of the same cache would wait for itself."
+        )
     with open(lock_path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,9 +109,11 @@ def _exclusive(lock_path):
             print(f"Waiting for another run that is filling {lock_path.parent}",
                   file=sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
+        _HELD.add(key)
         try:
             yield
         finally:
+            _HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -161,9 +174,10 @@ class FeatureCache:
                 # here, where "r+" would silently extend it with zeros.
                 check = np.load(self.features_path, mmap_mode="r")
                 done = np.load(self.done_path)
-                if (check.shape == shape and check.dtype == np.dtype(self.dtype)
-                        and done.shape == (shape[0],)):
-                    del check
+                usable = (check.shape == shape and check.dtype == np.dtype(self.dtype)
+                          and done.shape == (shape[0],))
+                del check  # closed before the file is reopened or recreated
+                if usable:
                     return np.load(self.features_path, mmap_mode="r+"), done.astype(bool)
             except (ValueError, EOFError):
                 pass  # unreadable: rebuilt below
@@ -175,11 +189,12 @@ class FeatureCache:
         )
         done = np.zeros(shape[0], bool)
         _atomic_save(self.done_path, done)
-        self.meta_path.write_text(json.dumps({
+        meta = json.dumps({
             "format_version": CACHE_FORMAT_VERSION,
             "encoder": self.model.image_encoder.get_config(),
             "num_images": shape[0], "flips": self.flips, "dtype": self.dtype,
-        }, indent=1, default=str))
+        }, indent=1, default=str)
+        atomic_write(self.meta_path, lambda tmp: tmp.write_text(meta))
         return features, done
 
     def status(self):

@@ -71,6 +71,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.folder = Path(folder)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            # `fit` was stopped inside this epoch: keep the last whole epoch.
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / "last.weights.h5",
                      lambda tmp: self.model.save_weights(str(tmp)))
@@ -127,10 +130,11 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
         # many epochs the weights hold.
         steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
         if steps % len(batches):
-            raise RuntimeError(
+            raise ValueError(
                 f"The checkpoint in {checkpoint_dir} holds {steps} optimizer steps, not a "
-                f"whole number of epochs of {len(batches)} steps: it was written with other "
-                "data or batch size. Delete the folder to start this phase over."
+                f"whole number of epochs of {len(batches)} steps, so it does not match "
+                "this phase's data and batch size. Delete the folder to start this phase "
+                "over."
             )
         initial_epoch = steps // len(batches)
         if verbose:
@@ -144,7 +148,8 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
             validation_data=validation_data,
             verbose=verbose,
         )
-    state = phase_state(checkpoint_dir) or {"epochs_done": epochs, "history": []}
+    state = phase_state(checkpoint_dir) or {"history": []}
+    state["epochs_done"] = epochs
     if not (checkpoint_dir / "last.weights.h5").exists():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(checkpoint_dir / "last.weights.h5",

@@ -7,11 +7,13 @@ from pathlib import Path
 def atomic_write(path, write):
     """Writes `path` through a temporary file that replaces it when complete.
 
-    `write(tmp)` writes the whole file to `tmp`, a sibling whose name ends
-    like `path`'s (savers that read the format from the name, such as
-    `model.save` or `savefig`, see the same ending). The file is flushed to
-    disk before it replaces `path`, so a crash leaves either the old file or
-    the new one. On any error the temporary file is removed.
+    `write(tmp)` writes the whole file to `tmp`, the sibling `.tmp-<name>`:
+    its name ends like `path`'s (savers that read the format from the name,
+    such as `model.save` or `savefig`, see the same ending), and a temporary
+    file left by a killed process is overwritten by the next write. The file
+    is flushed to disk before it replaces `path`, so a crash leaves either the
+    old file or the new one. On any error the temporary file is removed. One
+    writer per file at a time.
 
     Args:
         path: str or `Path`. The file to write.
@@ -24,7 +26,7 @@ def atomic_write(path, write):
     >>> atomic_write("metrics.json", lambda tmp: tmp.write_text("{}"))  # doctest: +SKIP
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{path.name}")
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:

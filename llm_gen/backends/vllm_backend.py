@@ -34,7 +34,8 @@ class VLLMBackend(CaptionBackend):
     def __init__(self, model, sampling=None, tensor_parallel_size=1,
                  chat_template=None, engine_args=None):
         super().__init__(model=model, sampling=sampling)
-        if not Path(str(model)).expanduser().is_dir():
+        folder = Path(str(model)).expanduser()
+        if not folder.is_dir():
             # vllm.LLM would take a hub id and try to download it.
             raise BackendError(
                 f"--model {model!r} is not a local folder. The vllm backend reads "
@@ -55,7 +56,7 @@ class VLLMBackend(CaptionBackend):
         self.tensor_parallel_size = tensor_parallel_size
         try:
             self.llm = vllm.LLM(
-                model=model,
+                model=str(folder),
                 tensor_parallel_size=tensor_parallel_size,
                 seed=self.sampling.seed,
                 **self.engine_args,

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from kdpvlpa.cli import main
 from llm_gen import PROMPT_VERSION, load_split, template_caption
 from llm_gen.generate import Shard, generate_captions, image_seed
+from kdpvlpa.data import CaptionFileError as TrainingCaptionFileError
 from kdpvlpa.data import load_caption_file
 from llm_gen.records import CaptionFileError, read_records
 from llm_gen_test_helpers import (
@@ -239,7 +240,7 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
 def test_training_reader_refuses_incomplete_files(split, tmp_path):
     out = tmp_path / "c.jsonl"
     generate_captions(split, ScriptedBackend(always_valid), out, limit=4)
-    with pytest.raises(CaptionFileError, match="no caption for 8 of 12 images"):
+    with pytest.raises(TrainingCaptionFileError, match="no caption for 8 of 12 images"):
         load_caption_file(out, split.image_ids)
     records, torn = read_records(out)
     assert len(records) == 4 and torn == b""
@@ -250,7 +251,7 @@ def test_import_stays_light():
     import sys
 
     code = ("import sys, llm_gen, llm_gen.cli, llm_gen.backends; "
-            "heavy = [m for m in ('keras', 'vllm', 'torch', 'transformers') "
+            "heavy = [m for m in ('keras', 'vllm', 'torch', 'transformers', 'kdpvlpa') "
             "if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                             text=True, check=True)

@@ -108,7 +108,8 @@ def test_equal_encoders_share_a_key_whatever_their_layer_names(synthetic_train):
     assert encoder_fingerprint(first) == encoder_fingerprint(second)
 
 
-def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, synthetic_train):
+def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, synthetic_train,
+                                                             capfd):
     import fcntl
     import threading
 
@@ -116,17 +117,31 @@ def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, syntheti
     paths = synthetic_train.image_paths[:4]
     cache = FeatureCache(tmp_path, model, paths, progress=False)
     expected = np.array(cache.load())
+    second = FeatureCache(tmp_path, model, paths, progress=False)  # complete: no encoder
     result = {}
     with open(cache.lock_path, "a") as held:  # another process holds the lock
         fcntl.flock(held, fcntl.LOCK_EX)
         reader = threading.Thread(target=lambda: result.setdefault("x", np.array(
-            FeatureCache(tmp_path, model, paths, progress=False).load())))
+            second.load())))
         reader.start()
         reader.join(timeout=1.0)
         assert reader.is_alive() and "x" not in result  # waiting, not reading
+        assert "Waiting for another run" in capfd.readouterr().err
         fcntl.flock(held, fcntl.LOCK_UN)
     reader.join(timeout=30)
     np.testing.assert_array_equal(result["x"], expected)
+
+
+def test_a_nested_load_of_the_same_cache_is_an_error_not_a_deadlock(tmp_path,
+                                                                    synthetic_train):
+    from kdpvlpa.training import feature_cache as fc
+
+    model = tiny_model(synthetic_train.class_names)
+    cache = FeatureCache(tmp_path, model, synthetic_train.image_paths[:2], progress=False)
+    with fc._exclusive(cache.lock_path):
+        with pytest.raises(RuntimeError, match="already filling the cache"):
+            cache.load()
+    assert cache.load().shape[0] == 2
 
 
 def test_training_on_cached_features_gives_the_same_losses(tmp_path, synthetic_train):

@@ -88,6 +88,8 @@ def test_run_killed_between_weights_and_state_resumes_to_the_same_weights(
     resumed = tiny_model(synthetic_train.class_names)
     train_phase(resumed, "pretrain", _batches(resumed, synthetic_train), 2, args,
                 tmp_path / "b", verbose=0)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert state["epochs_done"] == 2 and state["complete"]
     assert int(resumed.optimizer.iterations.numpy()) == int(straight.optimizer.iterations.numpy())
     for a, b in zip(weights_of(straight), weights_of(resumed)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
