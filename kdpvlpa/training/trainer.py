@@ -149,7 +149,9 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
             verbose=verbose,
         )
     state = phase_state(checkpoint_dir) or {"history": []}
-    state["epochs_done"] = epochs
+    # The last whole epoch checkpointed, or the weights' own count when they
+    # were one epoch ahead of state.json.
+    state["epochs_done"] = max(int(state.get("epochs_done", 0)), initial_epoch)
     if not (checkpoint_dir / "last.weights.h5").exists():
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(checkpoint_dir / "last.weights.h5",

@@ -95,6 +95,24 @@ def test_run_killed_between_weights_and_state_resumes_to_the_same_weights(
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_run_stopped_inside_an_epoch_keeps_the_last_whole_epoch(tmp_path, synthetic_train):
+    import keras
+
+    class StopInSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                self.model.stop_training = True
+
+    model = tiny_model(synthetic_train.class_names)
+    train_phase(model, "pretrain", _batches(model, synthetic_train), 3,
+                {"learning_rate": 1e-3}, tmp_path, callbacks=[StopInSecondEpoch()], verbose=0)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epochs_done"] == 1 and [h["epoch"] for h in state["history"]] == [1]
+
+
 def test_finished_phase_is_not_trained_again(tmp_path, synthetic_train):
     model = tiny_model(synthetic_train.class_names)
     first = train_phase(model, "pretrain", _batches(model, synthetic_train), 1,
