@@ -1,6 +1,5 @@
 import keras
 import numpy as np
-from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="kdpvlpa")
