@@ -15,6 +15,14 @@ def _direct(model, paths, flip=False):
     return ops.convert_to_numpy(model.encode_images(images))
 
 
+def _filled_cache(tmp_path, dataset, num_images, **kwargs):
+    """A complete cache of the first `num_images` images, and its features."""
+    model = tiny_model(dataset.class_names)
+    paths = dataset.image_paths[:num_images]
+    cache = FeatureCache(tmp_path, model, paths, progress=False, **kwargs)
+    return model, paths, cache, np.array(cache.load())
+
+
 def test_cache_holds_encoder_outputs_and_flips(tmp_path, synthetic_train):
     model = tiny_model(synthetic_train.class_names)
     paths = synthetic_train.image_paths[:10]
@@ -55,10 +63,7 @@ def test_changed_encoder_or_preprocessing_or_image_changes_the_key(tmp_path, syn
 
 
 def test_half_written_cache_is_completed_not_read(tmp_path, synthetic_train):
-    model = tiny_model(synthetic_train.class_names)
-    paths = synthetic_train.image_paths[:8]
-    cache = FeatureCache(tmp_path, model, paths, batch_size=4, progress=False)
-    expected = np.array(cache.load())
+    _, _, cache, expected = _filled_cache(tmp_path, synthetic_train, 8, batch_size=4)
     # Simulate a run killed after the first chunk: rows 4.. hold garbage and
     # the completion map says they are not done.
     features = np.load(cache.features_path, mmap_mode="r+")
@@ -76,10 +81,7 @@ def test_damaged_features_file_is_rebuilt_never_served_as_zeros(tmp_path, synthe
                                                                  monkeypatch):
     from kdpvlpa.training import feature_cache as fc
 
-    model = tiny_model(synthetic_train.class_names)
-    paths = synthetic_train.image_paths[:3]
-    cache = FeatureCache(tmp_path, model, paths, progress=False)
-    expected = np.array(cache.load())
+    _, _, cache, expected = _filled_cache(tmp_path, synthetic_train, 3)
     assert np.abs(expected).max() > 0
     # A features file cut short (a partial copy, a full disk) while the
     # completion map says every row is done: "r+" would extend it with zeros.
@@ -113,10 +115,7 @@ def test_a_second_process_waits_for_the_one_filling_the_cache(tmp_path, syntheti
     import fcntl
     import threading
 
-    model = tiny_model(synthetic_train.class_names)
-    paths = synthetic_train.image_paths[:4]
-    cache = FeatureCache(tmp_path, model, paths, progress=False)
-    expected = np.array(cache.load())
+    model, paths, cache, expected = _filled_cache(tmp_path, synthetic_train, 4)
     second = FeatureCache(tmp_path, model, paths, progress=False)  # complete: no encoder
     result = {}
     with open(cache.lock_path, "a") as held:  # another process holds the lock
