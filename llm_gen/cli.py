@@ -10,7 +10,7 @@ import sys
 import click
 
 from llm_gen.backends import BACKENDS, BackendError, SamplingSettings, make_backend
-from llm_gen.generate import Shard, generate_captions
+from llm_gen.generate import Shard, generate_captions, run_settings
 from llm_gen.records import CaptionFileError, read_records
 from llm_gen.splits import PACKAGED_DATASETS, SplitError, load_split
 from llm_gen.stats import caption_stats, format_stats, merge_shards
@@ -179,6 +179,7 @@ def generate_captions_command(dataset, split_file, original_captions,
                 out_path, max_attempts=max_attempts, batch_size=batch_size,
                 shard=shard, limit=limit, progress=bar.update,
                 log=lambda message: click.echo(f"\n{message}", err=True),
+                settings=run_settings(backend, model, sampling),
             )
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None

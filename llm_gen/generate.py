@@ -5,7 +5,7 @@ import os
 import re
 import zlib
 
-from llm_gen.backends.base import CaptionBackend
+from llm_gen.backends.base import CaptionBackend, SamplingSettings
 from llm_gen.prompt import PROMPT_VERSION, build_messages
 from llm_gen.records import (
     CaptionFileError,
@@ -98,15 +98,19 @@ def _finish_record(record, raw, status, source, attempts, violations, log, backe
     return record
 
 
-def load_existing(out_path, split, items, shard):
+def load_existing(out_path, split, items, shard, settings=None):
     """Repair and read an existing output file for a resumed run.
 
+    Args:
+        settings: dict or None. `run_settings` of this run; every record
+            already in the file must have been written with them.
+
     Returns:
-        `(done_ids, message)`: ids with a finished record, and a repair message
-        or None.
+        `(records, message)`: the finished records, and a repair message or
+        None.
     """
     if not os.path.exists(out_path) or os.path.getsize(out_path) == 0:
-        return set(), None
+        return [], None
     message = repair_torn_tail(out_path)
     records, _ = read_records(out_path, allow_torn_tail=False)
     by_id = index_records(records, out_path)
@@ -118,12 +122,12 @@ def load_existing(out_path, split, items, shard):
             f"{split.source}, e.g. {foreign[:3]!r}; it belongs to another dataset. "
             "Give another --out."
         )
-    wanted = {item.image_id for item in items}
-    outside = [i for i in by_id if i not in wanted]
+    # Records past a smaller --limit are fine; records of another shard are not.
+    in_shard = {item.image_id for item in shard.select(split.items)}
+    outside = [i for i in by_id if i not in in_shard]
     if outside:
         raise CaptionFileError(
-            f"{out_path} holds {len(outside)} images outside shard {shard}"
-            f"{' and --limit' if len(wanted) < len(shard.select(split.items)) else ''}, "
+            f"{out_path} holds {len(outside)} images outside shard {shard}, "
             f"e.g. {outside[:3]!r}; was it written with another --shard?"
         )
     datasets = {r.get("dataset") for r in records} - {None}
@@ -132,11 +136,69 @@ def load_existing(out_path, split, items, shard):
             f"{out_path} was written for dataset(s) {sorted(datasets)}, not "
             f"{split.dataset!r}."
         )
-    return set(by_id), message
+    if settings is not None:
+        check_settings(out_path, records, settings)
+    return records, message
+
+
+def run_settings(backend, model=None, sampling=None):
+    """The settings that decide what a caption says, compared on resume.
+
+    Args:
+        backend: a `CaptionBackend`, or a backend name.
+        model: str or None. With a name: the `--model` given; None when the
+            backend resolves it itself (openai), which then goes unchecked
+            until the backend is built.
+        sampling: `SamplingSettings` or None. With a name.
+
+    Returns:
+        A dict with `backend`, `model`, `prompt_version` and `sampling`.
+    """
+    if isinstance(backend, CaptionBackend):
+        name, model, sampling = backend.name, backend.describe()["model"], backend.sampling
+    else:
+        name = backend
+    if name == "template":
+        return {"backend": name, "model": TEMPLATE_VERSION, "prompt_version": None,
+                "sampling": None}
+    return {"backend": name, "model": model, "prompt_version": PROMPT_VERSION,
+            "sampling": (sampling or SamplingSettings()).as_dict()}
+
+
+def _record_settings(record):
+    sampling = record.get("sampling")
+    if isinstance(sampling, dict):
+        # Each image has its own seed, derived from the base seed kept here.
+        sampling = {k: v for k, v in sampling.items() if k != "image_seed"}
+    return {"backend": record.get("backend"), "model": record.get("model"),
+            "prompt_version": record.get("prompt_version"), "sampling": sampling}
+
+
+def check_settings(out_path, records, settings):
+    """Refuse to add records written with other settings to a file.
+
+    A resumed file would otherwise mix, say, template captions with an LLM's,
+    or two models', without a word. A `model` of None in `settings` is not
+    compared.
+    """
+    for record in records:
+        found = _record_settings(record)
+        for key, wanted in settings.items():
+            if key == "model" and wanted is None:
+                continue
+            if found[key] != wanted:
+                raise CaptionFileError(
+                    f"{out_path} was written with {key} {found[key]!r} (image "
+                    f"{record.get('image_id')!r}), but this run uses {key} "
+                    f"{wanted!r}. Resuming would mix captions made with different "
+                    "settings in one file: give another --out, or rerun with the "
+                    "file's settings."
+                )
 
 
 def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=512,
-                      shard=Shard(), limit=None, progress=None, log=None):
+                      shard=Shard(), limit=None, progress=None, log=None,
+                      settings=None):
     """Write one caption record per image of a split, resuming a partial file.
 
     Args:
@@ -154,9 +216,18 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         progress: callable(n) or None, called with the number of images
             newly finished (first with those an earlier run finished).
         log: callable(str) or None, for messages about the file.
+        settings: dict or None. With a backend factory: `run_settings` of the
+            backend it will build, so that a file written with other settings
+            is refused before the model loads, even when nothing is pending.
+            The built backend's settings are checked in any case.
 
     Returns:
         A dict: counts of `written`, `skipped` and each status.
+
+    Raises:
+        CaptionFileError: the file is malformed, belongs to another split or
+            shard, or was written with other settings (backend, model, prompt
+            version or sampling).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")
@@ -168,9 +239,14 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
     progress = progress or (lambda n: None)
 
     # Lock first, so that two runs never repair or append the same file.
+    existed = os.path.exists(out_path)
     writer = CaptionWriter(out_path)
     try:
-        done, message = load_existing(out_path, split, items, shard)
+        owned = not isinstance(backend, CaptionBackend)
+        if not owned:
+            settings = run_settings(backend)
+        records, message = load_existing(out_path, split, items, shard, settings)
+        done = {record["image_id"] for record in records}
         if message:
             log(f"{out_path}: {message}")
         pending = [item for item in items if item.image_id not in done]
@@ -187,11 +263,13 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
 
         if not pending:
             return counts
-        owned = not isinstance(backend, CaptionBackend)
         if owned:
             # A factory: the model is loaded only when there is work to do.
             backend = backend()
         try:
+            if owned and done:
+                # The model name an openai server reports is known only now.
+                check_settings(out_path, records, run_settings(backend))
             size = batch_size if batch_size and batch_size > 0 else len(pending)
             for start in range(0, len(pending), size):
                 batch = pending[start:start + size]
@@ -205,6 +283,10 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
             if owned:
                 backend.close()
     finally:
+        if not existed and os.path.getsize(out_path) == 0:
+            # A run that wrote nothing (its model failed to load) leaves no
+            # empty file behind; the lock is still held while removing it.
+            os.remove(out_path)
         writer.close()
     return counts
 
@@ -263,8 +345,14 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
         ]
         raw = template_caption(item)
         record = _base_record(split, item)
-        emit(_finish_record(
+        record = _finish_record(
             record, raw, "fallback", "template", max_attempts,
             failed[-1]["violations"], failed, backend, shard,
             last_seed[item.image_id],
-        ))
+        )
+        # `violations` are the last LLM answer's; the template's own, if any
+        # (too many labels for 80 words), are kept apart.
+        template_violations = validate(raw, item.labels, item.tail_labels, split.class_names)
+        if template_violations:
+            record["template_violations"] = template_violations
+        emit(record)

@@ -147,6 +147,28 @@ def read_original_captions(path, image_ids=None):
     return result
 
 
+def _check_split_types(data, source):
+    def fail(key, expected):
+        raise SplitError(f"Split file {source}: {key!r} must be {expected}.")
+
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    names = data["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        fail("class_names", "a list of non-empty strings")
+    ids = data["image_ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) or is_int(i) for i in ids):
+        fail("image_ids", "a list of strings or integers")
+    labels = data["labels"]
+    if not isinstance(labels, list) or not all(isinstance(row, list) for row in labels):
+        fail("labels", "a list with one list of class indices per image")
+    freq = data.get("class_freq")
+    if freq is not None and (not isinstance(freq, list) or not all(
+            is_int(f) and f >= 0 for f in freq)):
+        fail("class_freq", "a list of non-negative integers (training images per class)")
+
+
 def load_split(dataset=None, split_file=None, original_captions=None,
                use_original_captions=True):
     """Load a training split with its tail set and original captions.
@@ -179,6 +201,13 @@ def load_split(dataset=None, split_file=None, original_captions=None,
     missing = [k for k in ("class_names", "image_ids", "labels") if k not in data]
     if missing:
         raise SplitError(f"Split file {source} lacks the key(s) {missing}.")
+    if data.get("split", "train") != "train":
+        # A test split's labels would make every class common: no tail tags.
+        raise SplitError(
+            f"Split file {source} is the {data['split']!r} split; captions are "
+            "written for the training split only."
+        )
+    _check_split_types(data, source)
     raw_names = data["class_names"]
     ids, labels = data["image_ids"], data["labels"]
     if len(ids) != len(labels):
@@ -190,7 +219,7 @@ def load_split(dataset=None, split_file=None, original_captions=None,
         raise SplitError(f"Split file {source} repeats image ids.")
     num_classes = len(raw_names)
     for i, image_labels in enumerate(labels):
-        if not all(isinstance(c, int) and 0 <= c < num_classes for c in image_labels):
+        if not all(type(c) is int and 0 <= c < num_classes for c in image_labels):
             raise SplitError(
                 f"Split file {source}: labels of image {ids[i]!r} must be class "
                 f"indices in [0, {num_classes}), got {image_labels!r}."

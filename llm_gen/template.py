@@ -4,14 +4,15 @@ This is what the `template` backend writes and what replaces an LLM output that
 stayed invalid after every attempt. It follows the same rules as the prompt:
 tail classes first and tagged, their link to the common objects, then the
 other objects, 50-80 words, and no word that names a class the image lacks.
-The phrasing varies with the image id, reproducibly.
+The phrasing varies with the image id, reproducibly. `TEMPLATE_VERSION` names
+the wording and is stored in every record.
 """
 
 import zlib
 
 from llm_gen.validate import MAX_WORDS, MIN_WORDS, OPEN_TAG, CLOSE_TAG, strip_tags, word_count
 
-TEMPLATE_VERSION = "template-v1"
+TEMPLATE_VERSION = "template-v2"
 
 _OPENINGS_TAIL = (
     "The scene centres on the {t1}, an uncommon sight that gives the picture its "
@@ -40,6 +41,11 @@ _OPENINGS_COMMON = (
 )
 _MORE_COMMONS = "Around the {c1}, we also find the {rest}, adding detail and depth to the setting."
 _RELATION = "There is a natural relation between the {all}, which makes the layout easy to read."
+
+# The compact wording, for images with many labels.
+_COMPACT_TAILS = "The scene centres on rare objects: the {tails}."
+_COMPACT_LINK = "They appear together with the {commons}."
+_COMPACT_COMMONS = "The scene shows the {commons}."
 
 _FILLERS = (
     "Light falls evenly across the view, and each object remains easy to pick out.",
@@ -72,6 +78,11 @@ def _words(sentences):
 def template_caption(item):
     """Build the template description of one image.
 
+    The full wording is used when it fits in 80 words. An image with many
+    labels gets a compact wording instead, and when even that is too long the
+    common objects after the first few are summed up as "other objects" (every
+    tail class is always named).
+
     Args:
         item: `ImageItem` (its `image_id`, `labels`, `tail_labels`).
 
@@ -81,7 +92,17 @@ def template_caption(item):
     seed = zlib.crc32(repr(item.image_id).encode("utf-8"))
     tails = list(item.tail_labels)
     commons = [name for name in item.labels if name not in set(tails)]
+    for core, optional in _layouts(tails, commons, seed):
+        text = _pad(core, optional, seed)
+        if _words([text]) <= MAX_WORDS:
+            break
+    # The shortest layout may still be too long (dozens of tail classes in one
+    # image); it is returned, and `validate` reports the length.
+    return text
 
+
+def _layouts(tails, commons, seed):
+    """Yield `(core, optional)` sentence lists, longest wording first."""
     core = []  # always kept
     optional = []  # dropped first when the text is too long
     if tails:
@@ -107,8 +128,24 @@ def template_caption(item):
             optional.append(_RELATION.format(all=_join(commons)))
     else:
         core.append("The picture shows an everyday scene without any labelled object.")
+    yield core, optional
+    if len(tails) + len(commons) < 2:
+        return
+    # Compact: every name once, then fewer and fewer common objects by name.
+    for kept in range(len(commons), -1, -1):
+        named = commons[:kept] + (["other objects"] if kept < len(commons) else [])
+        if tails:
+            core = [_COMPACT_TAILS.format(tails=_join(_tag(t) for t in tails))]
+            if named:
+                core.append(_COMPACT_LINK.format(commons=_join(named)))
+        else:
+            core = [_COMPACT_COMMONS.format(commons=_join(named))]
+        yield core, []
 
-    # Drop optional sentences while too long, then pad with fillers.
+
+def _pad(core, optional, seed):
+    """Drop optional sentences while too long, then pad with fillers."""
+    optional = list(optional)
     while optional and _words(core + optional) > MAX_WORDS:
         optional.pop()
     sentences = core + optional

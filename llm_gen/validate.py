@@ -18,6 +18,8 @@ OPEN_TAG = "<tail>"
 CLOSE_TAG = "</tail>"
 
 _TAG_RE = re.compile(r"<\s*(/?)\s*tail\s*>", re.IGNORECASE)
+# One or more tags written back to back.
+_TAG_RUN_RE = re.compile(r"(?:<\s*/?\s*tail\s*>)+", re.IGNORECASE)
 _ANY_TAG_RE = re.compile(r"<[^<>]*>")
 _WORD_RE = re.compile(r"[^\W_]", re.UNICODE)
 
@@ -137,8 +139,13 @@ def find_mentions(text, class_names):
 
 
 def strip_tags(text):
-    """Remove `<tail>` tags and normalise whitespace: the clean caption."""
-    text = _TAG_RE.sub(" ", text)
+    """Remove `<tail>` tags and normalise whitespace: the clean caption.
+
+    Tags are removed without a trace, so `two <tail>surfboard</tail>'s` reads
+    "two surfboard's"; `validate` rejects a tag between two letters
+    (`a<tail>dog</tail>`), which would join words here.
+    """
+    text = _TAG_RE.sub("", text)
     text = re.sub(r"\s+", " ", text).strip()
     # "the <tail> surfboard </tail> ." leaves a space before punctuation.
     return re.sub(r"\s+([.,;:!?])", r"\1", text)
@@ -180,6 +187,15 @@ def parse_tags(text):
             open_at = None
     if open_at is not None:
         errors.append("a <tail> tag is never closed")
+    for m in _TAG_RUN_RE.finditer(text):
+        before, after = text[m.start() - 1:m.start()], text[m.end():m.end() + 1]
+        if _WORD_RE.match(before) and _WORD_RE.match(after):
+            snippet = (re.search(r"\S*$", text[:m.start()]).group(0) + m.group(0)
+                       + re.match(r"\S*", text[m.end():]).group(0))
+            errors.append(
+                f"a tag between two letters ({snippet!r}) joins or splits words; put "
+                "tags around whole words, e.g. 'two <tail>surfboards</tail>'"
+            )
     leftover = _TAG_RE.sub(" ", text)
     for m in _ANY_TAG_RE.finditer(leftover):
         errors.append(f"unknown tag {m.group(0)!r}; only <tail> and </tail> are allowed")

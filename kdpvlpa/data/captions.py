@@ -28,7 +28,7 @@ def strip_tail_tags(text):
     >>> strip_tail_tags("A <tail>cow</tail> grazes near a  person.")
     'A cow grazes near a person.'
     """
-    text = _TAIL_TAG.sub(" ", text)
+    text = _TAIL_TAG.sub("", text)  # "<tail>cow</tail>s" reads "cows"
     text = _SPACES.sub(" ", text).strip()
     return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
 

@@ -101,10 +101,17 @@ def template_captions(data_dir, path):
     from llm_gen.backends import make_backend
 
     data_dir = Path(data_dir)
+    path = Path(path)
     split = llm_gen.load_split(
         split_file=data_dir / "synthetic_lt_train.json",
         original_captions=data_dir / "synthetic_lt_train_captions.json",
     )
+    if path.exists():
+        records, _ = llm_gen.read_records(path)
+        if any(r.get("model") != llm_gen.TEMPLATE_VERSION for r in records):
+            # Made by another template version: derived data, written again
+            # (the run folder's captions.sha256 still guards the checkpoints).
+            path.unlink()
     llm_gen.generate_captions(split, make_backend("template"), path)
     return path
 
@@ -148,8 +155,12 @@ def label_frequency_scores(train, test):
 
 
 def write_report(run_dir, recipe, test, scores, baseline, seconds):
-    """metrics.json, per_class_ap.csv and per_class_ap.png in `run_dir`."""
+    """metrics.json, per_class_ap.csv and per_class_ap.png in `run_dir`
+    (created if needed)."""
     import pandas as pd
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     from kdpvlpa.metrics import average_precision, long_tail_map
 

@@ -23,6 +23,9 @@ def _record(image_id, caption):
 def test_strip_tail_tags():
     assert strip_tail_tags("A <tail>cow</tail> and a <TAIL> sheep </tail> .") == "A cow and a sheep."
     assert strip_tail_tags("no tags here") == "no tags here"
+    # Tags are removed, not replaced by spaces: words around them stay whole.
+    assert strip_tail_tags("Two <tail>cow</tail>s and the <tail>cow</tail>'s calf") == (
+        "Two cows and the cow's calf")
 
 
 def test_jsonl_in_split_order_with_str_and_int_ids(tmp_path):

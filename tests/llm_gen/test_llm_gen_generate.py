@@ -226,6 +226,7 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
                                   "--backend", "vllm", "--model", "google/gemma-2-9b-it",
                                   "--out", out])
     assert result.exit_code != 0 and "is not a local folder" in result.output
+    assert not (tmp_path / "c.jsonl").exists()  # no empty file left behind
     bad_captions = tmp_path / "caps.json"
     bad_captions.write_text("[1, 2]")
     result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),
@@ -256,3 +257,66 @@ def test_import_stays_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                             text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_resuming_with_other_settings_is_refused(split, tmp_path):
+    from llm_gen.backends import SamplingSettings, make_backend
+
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, make_backend("template"), out, limit=4)
+    before = out.read_bytes()
+    with pytest.raises(CaptionFileError, match="written with backend 'template'.*"
+                       "this run uses backend 'scripted'"):
+        generate_captions(split, ScriptedBackend(always_valid), out)
+    assert out.read_bytes() == before
+
+    out2 = tmp_path / "s.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out2, limit=4)
+    other = ScriptedBackend(always_valid)
+    other.sampling = SamplingSettings(temperature=0.2)
+    with pytest.raises(CaptionFileError, match="written with sampling"):
+        generate_captions(split, other, out2)
+    # The same settings resume; each image's own seed does not count.
+    assert generate_captions(split, ScriptedBackend(always_valid), out2)["written"] == 8
+
+
+def test_cli_refuses_another_model_before_loading_it(tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    out = tmp_path / "c.jsonl"
+    runner = CliRunner()
+    args = ["generate-captions", "--split-file", str(split_path), "--out", str(out)]
+    result = runner.invoke(main, args + ["--limit", "3"])
+    assert result.exit_code == 0, result.output
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()  # not a model: loading it would fail differently
+    for limit in (["--limit", "3"], []):  # all done, or images pending
+        result = runner.invoke(main, args + ["--model", str(model_dir)] + limit)
+        assert result.exit_code != 0
+        assert "written with backend 'template'" in result.output
+        assert "this run uses backend 'vllm'" in result.output
+    assert len(read(out)) == 3
+
+
+def test_rerun_with_a_smaller_limit_keeps_the_file(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=6)
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    assert counts["skipped"] == 3 and counts["written"] == 0
+    assert len(read(out)) == 6
+
+
+def test_fallback_records_the_templates_own_violations(split, tmp_path, monkeypatch):
+    import llm_gen.generate as generate_module
+
+    out = tmp_path / "ok.jsonl"
+    generate_captions(split, ScriptedBackend(never_valid), out, limit=2, max_attempts=1)
+    assert all("template_violations" not in r for r in read(out))
+    # A template that cannot be valid (in practice: dozens of tail classes in
+    # one image) is written, and its violations are kept apart from the LLM's.
+    monkeypatch.setattr(generate_module, "template_caption", lambda item: "too short")
+    out = tmp_path / "bad.jsonl"
+    generate_captions(split, ScriptedBackend(never_valid), out, limit=1, max_attempts=1)
+    (record,) = read(out)
+    assert record["status"] == "fallback" and record["caption"] == "too short"
+    assert "the description has 2 words; it must have 50-80" in record["template_violations"]
+    assert "the description has 2 words; it must have 50-80" not in record["violations"]

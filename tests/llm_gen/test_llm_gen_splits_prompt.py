@@ -120,3 +120,41 @@ def test_template_describes_tail_classes_first():
     assert 50 <= word_count(clean) <= 80
     many = ImageItem("b", tuple(f"thing{i}" for i in range(14)), ("thing0", "thing1"), None)
     assert validate(template_caption(many), many.labels, many.tail_labels, many.labels) == []
+
+
+def test_split_files_with_wrong_types_or_the_test_split_are_refused(tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    good = json.loads(split_path.read_text())
+    n = len(good["image_ids"])
+    cases = {
+        "labels": ([1] * n, "'labels' must be a list with one list of class indices"),
+        "image_ids": ([["x"]] * n, "'image_ids' must be a list of strings or integers"),
+        "class_names": ("abcdef", "'class_names' must be a list of non-empty strings"),
+        "class_freq": ([5, None, 1, 1, 1, 1], "'class_freq' must be a list of non-negative"),
+        "split": ("test", "is the 'test' split; captions are written for the training"),
+    }
+    for key, (value, message) in cases.items():
+        path = tmp_path / f"bad_{key}.json"
+        path.write_text(json.dumps({**good, key: value}))
+        with pytest.raises(SplitError, match=message):
+            load_split(split_file=path)
+    floats = tmp_path / "float_ids.json"
+    floats.write_text(json.dumps({**good, "image_ids": [i + 0.5 for i in range(n)]}))
+    with pytest.raises(SplitError, match="'image_ids' must be a list of strings or integers"):
+        load_split(split_file=floats)
+
+
+def test_template_fits_80_words_for_many_labels():
+    coco = load_split("coco_lt")
+    tails = list(coco.tail_classes)
+    commons = [c for c in coco.class_names if c not in tails]
+    # With the full wording these exceed 80 words (6 tail + 8 common classes
+    # gave 85); the compact one names every tail class and fits.
+    for num_tail, num_common in [(6, 8), (5, 4), (3, 11), (10, 40), (0, 60), (25, 55)]:
+        labels = tuple(tails[:num_tail] + commons[:num_common])
+        item = ImageItem("many", labels, tuple(tails[:num_tail]), None)
+        raw = template_caption(item)
+        assert validate(raw, item.labels, item.tail_labels, coco.class_names) == [], (
+            num_tail, num_common, raw)
+        for tail in item.tail_labels:
+            assert f"<tail>{tail}</tail>" in raw

@@ -177,3 +177,18 @@ def test_plural_forms():
     assert "ski" in plural_forms("skis")
     assert "toothbrushes" in plural_forms("toothbrush")
     assert "ponies" in plural_forms("pony")
+
+
+def test_tags_are_removed_without_adding_spaces():
+    text = "two <tail>surfboards</tail>; the <tail>surfboard</tail>'s fin (\"<tail>surfboard</tail>\")"
+    assert strip_tags(text) == "two surfboards; the surfboard's fin (\"surfboard\")"
+    assert word_count(strip_tags(text)) == 6
+
+
+@pytest.mark.parametrize("glued", ["two <tail>surfboard</tail>s on the sand",
+                                   "a<tail>surfboard</tail> on the sand",
+                                   "a <tail>surf</tail><tail>board</tail> on the sand"])
+def test_a_tag_between_two_letters_is_refused(glued):
+    # Removing these tags would join or split words of the clean caption.
+    v = validate(pad(glued), ["surfboard"], ["surfboard"], COCO_SOME)
+    assert any("a tag between two letters" in m and "joins or splits words" in m for m in v)

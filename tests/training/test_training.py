@@ -208,3 +208,22 @@ def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
     _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
     with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
         _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
+
+
+def test_demo_template_captions_are_rewritten_when_the_template_changed(synthetic_root,
+                                                                         tmp_path):
+    import llm_gen
+    from kdpvlpa.training.pipeline import template_captions
+
+    path = template_captions(synthetic_root, tmp_path / "captions.template.jsonl")
+    first = path.read_text()
+    records, _ = llm_gen.read_records(path)
+    assert {r["model"] for r in records} == {llm_gen.TEMPLATE_VERSION}
+    # A file from an older template version (as a run folder made by an
+    # earlier kdpvlpa holds) is made again rather than refused on resume.
+    path.write_text(first.replace(f'"{llm_gen.TEMPLATE_VERSION}"', '"template-v0"'))
+    template_captions(synthetic_root, path)
+    assert path.read_text() == first
+    # The current version's file is resumed as it is.
+    template_captions(synthetic_root, path)
+    assert path.read_text() == first
