@@ -43,6 +43,15 @@ def reports_errors(command):
     return wrapper
 
 
+# The recipes' datasets and the folders the docs put them in.
+_DATA_FOLDERS = {"voc_lt": "voc", "coco_lt": "coco"}
+
+
+def default_data_dir(dataset):
+    """`data/voc`, `data/coco`, or `data/<dataset>` for any other dataset."""
+    return Path("data") / _DATA_FOLDERS.get(dataset, dataset)
+
+
 debug_option = click.option("--debug", is_flag=True, help="Show full tracebacks.")
 
 
@@ -63,8 +72,8 @@ def _print_metrics(metrics):
 @click.option("--recipe", "recipe_name", required=True,
               help="Recipe name (voc_lt, coco_lt, demo) or a .toml file.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root. Default: data/<dataset>. The demo draws its "
-                   "synthetic set there.")
+              help="Dataset root. Default: data/voc (voc_lt), data/coco (coco_lt), "
+                   "data/synthetic (the demo, which draws its set there).")
 @click.option("--captions", type=click.Path(dir_okay=False, path_type=Path),
               help="STAG caption file (kdpvlpa generate-captions). Default: the "
                    "template captions (demo) or the original captions.")
@@ -98,7 +107,7 @@ def fit_command(recipe_name, data_dir, captions, phase, output, overrides, model
 
     start = time.time()
     recipe = load_recipe(recipe_name, overrides=overrides)
-    data_dir = data_dir or Path("data") / recipe.data.dataset
+    data_dir = data_dir or default_data_dir(recipe.data.dataset)
     output = output or Path("runs") / recipe.name
     from kdpvlpa.training.pipeline import run_recipe
 
@@ -117,28 +126,38 @@ def fit_command(recipe_name, data_dir, captions, phase, output, overrides, model
               type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="A run folder written by `kdpvlpa fit`.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root. Default: data/<dataset>.")
+              help="Dataset root. Default: data/voc (voc_lt), data/coco (coco_lt), "
+                   "data/synthetic.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Encoder feature cache. Default: <run>/feature_cache.")
 @click.option("--allow-missing", is_flag=True, help="Evaluate on the images present.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for this evaluation's metrics.json, per_class_ap.csv and "
+                   "per_class_ap.png. Default: <run>/evaluation.")
 @debug_option
 @reports_errors
-def evaluate_command(run_dir, data_dir, cache_dir, allow_missing, debug):
-    """Evaluate a trained run on its test split (mAP total/head/medium/tail)."""
+def evaluate_command(run_dir, data_dir, cache_dir, allow_missing, output, debug):
+    """Evaluate a trained run on its test split (mAP total/head/medium/tail).
+
+    The report goes to <run>/evaluation (or --output); the figures `fit`
+    wrote in the run folder are left as they are.
+    """
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training import pipeline
 
     start = time.time()
     recipe = load_recipe(run_dir / "recipe.toml")
-    data_dir = data_dir or Path("data") / recipe.data.dataset
+    data_dir = data_dir or default_data_dir(recipe.data.dataset)
     train, test = pipeline.load_data(recipe, data_dir, allow_missing=allow_missing)
     model = load_model(run_dir)
     scores = pipeline.predict_scores(model, test, cache_dir or run_dir / "feature_cache",
                                      recipe.eval.batch_size)
-    metrics = pipeline.write_report(run_dir, recipe, test, scores,
+    output = output or run_dir / "evaluation"
+    metrics = pipeline.write_report(output, recipe, test, scores,
                                     pipeline.label_frequency_scores(train, test),
                                     time.time() - start)
     _print_metrics(metrics)
+    click.echo(f"Report: {output}")
 
 
 def load_model(path):

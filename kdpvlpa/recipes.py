@@ -15,6 +15,7 @@ Example:
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -527,7 +528,8 @@ def load_recipe(name_or_path, overrides=()):
 
     Args:
         name_or_path: str or `Path`. "voc_lt", "coco_lt", "demo", or a path
-            to a .toml file.
+            to a .toml file (named by its stem, or by the name a run folder's
+            `recipe.toml` records in its first line).
         overrides: iterable of str. `"section.key=value"` strings (the CLI's
             `--set`), TOML value syntax, validated like the file.
 
@@ -560,5 +562,8 @@ def load_recipe(name_or_path, overrides=()):
                 f"{', '.join(available_recipes()) or '(none)'}; or pass a path "
                 "to a .toml file."
             )
-    return load_recipe_text(path.read_text(encoding="utf-8"), name=path.stem,
+    text = path.read_text(encoding="utf-8")
+    # A run folder's recipe.toml keeps the name of the recipe it resolved.
+    header = re.match(r"# Resolved recipe '([^'\n]+)'\n", text)
+    return load_recipe_text(text, name=header.group(1) if header else path.stem,
                             overrides=overrides)

@@ -98,7 +98,7 @@ def tiny_run(tmp_path_factory):
         "data": data_dir,
         "run": run_dir,
         "output": result.output,
-        # Read now: `evaluate` rewrites the file.
+        # Read now, so that a test that changed the run cannot affect others.
         "metrics": _strict_json(run_dir / "metrics.json"),
     }
 
@@ -228,14 +228,23 @@ def test_finetune_alone_needs_a_finished_phase_one(tiny_run, tmp_path):
 
 
 def test_evaluate_reproduces_the_metrics(tiny_run):
+    fit_files = {name: (tiny_run["run"] / name).read_bytes()
+                 for name in ("metrics.json", "per_class_ap.csv", "per_class_ap.png")}
     result = _invoke("evaluate", "--run", tiny_run["run"], "--data-dir", tiny_run["data"])
     assert result.exit_code == 0, result.output
     assert "label-frequency baseline" in result.output
     assert f"{tiny_run['metrics']['map']['total']:.2f}" in result.output
-    again = _strict_json(tiny_run["run"] / "metrics.json")
+    report = tiny_run["run"] / "evaluation"
+    again = _strict_json(report / "metrics.json")
     for key in ("map", "label_frequency_baseline"):
         for group in GROUPS:
             assert _same(again[key][group], tiny_run["metrics"][key][group]), (key, group)
+    # The recipe's name survives the round trip through the run's recipe.toml.
+    assert again["recipe"] == tiny_run["metrics"]["recipe"] == "demo"
+    assert (report / "per_class_ap.csv").read_bytes() == fit_files["per_class_ap.csv"]
+    # fit's report is left as it was.
+    for name, content in fit_files.items():
+        assert (tiny_run["run"] / name).read_bytes() == content, name
 
 
 def test_predict_top_labels_json_and_open_vocabulary(tiny_run):
@@ -305,11 +314,11 @@ _NO_TORCH = ("import sys, runpy; sys.argv = ['kdpvlpa'] + sys.argv[1:]\n"
              "finally:\n    print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
 
 
-@pytest.mark.parametrize("recipe, dataset, needs", [
-    ("voc_lt", "VOC-LT", "VOCtrainval_11-May-2012.tar"),
-    ("coco_lt", "COCO-LT", "train2017.zip"),
+@pytest.mark.parametrize("recipe, dataset, needs, folder", [
+    ("voc_lt", "VOC-LT", "VOCtrainval_11-May-2012.tar", "voc"),
+    ("coco_lt", "COCO-LT", "train2017.zip", "coco"),
 ])
-def test_fit_without_data_stops_at_the_data_check(tmp_path, recipe, dataset, needs):
+def test_fit_without_data_stops_at_the_data_check(tmp_path, recipe, dataset, needs, folder):
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = _run(tmp_path, "fit", "--recipe", recipe, "--data-dir", empty, timeout=60)
@@ -319,15 +328,17 @@ def test_fit_without_data_stops_at_the_data_check(tmp_path, recipe, dataset, nee
     assert str(empty) in message
     assert not (tmp_path / "runs").exists()  # no run folder either
 
-    # Stopped before loading keras / torch (let alone a model).
+    # Stopped before loading keras / torch (let alone a model). Without
+    # --data-dir, the data is looked for where the docs put it.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     probe = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, "fit", "--recipe", recipe, "--data-dir", str(empty)],
+        [sys.executable, "-c", _NO_TORCH, "fit", "--recipe", recipe],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert probe.returncode != 0
     assert probe.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert os.path.join("data", folder, "") in probe.stderr, probe.stderr
 
 
 def test_data_check_without_data(tmp_path):

@@ -46,7 +46,12 @@ def test_frozen_and_round_trip(tmp_path):
         recipe.finetune.epochs = 3
     assert load_recipe_text(recipe.to_toml(), name="demo") == recipe
     path = recipe.save(tmp_path / "run" / "resolved.toml")  # creates run/
-    assert load_recipe(path) == dataclasses.replace(recipe, name="resolved")
+    # A saved recipe keeps its name (in its first line); another file is
+    # named by its stem.
+    assert load_recipe(path) == recipe
+    plain = tmp_path / "mine.toml"
+    plain.write_text(path.read_text().split("\n", 1)[1])
+    assert load_recipe(plain) == dataclasses.replace(recipe, name="mine")
 
 
 def test_defaults_live_in_the_dataclass():

@@ -9,8 +9,10 @@ from kdpvlpa.training.batches import EpochSeed
 from kdpvlpa.training.optimizers import AdamW
 from kdpvlpa.utils.files import atomic_write
 
-# AdamW does not decay biases, LayerNorm parameters, queries, embeddings'
-# LayerNorm or the scalars (τ, logit scale and bias), as BLIP-2/LAVIS.
+# AdamW does not decay biases, LayerNorm parameters or the scalars (τ, logit
+# scale and bias), as LAVIS (which exempts every parameter of fewer than two
+# dimensions), nor the learned queries, which LAVIS does decay: they are
+# embeddings, not weights of a layer.
 NO_WEIGHT_DECAY = ["bias", "gamma", "beta", "temperature", "logit_scale", "logit_bias",
                    "query_tokens"]
 

@@ -311,6 +311,41 @@ def test_class_embeddings_are_cached_and_invalidated(tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
+def test_from_presets_reads_saved_kdpvlpa_preset_folders(tmp_path):
+    model = _tiny_model(seed=3)
+    model.image_encoder.save_to_preset(tmp_path / "vit")
+    model.qformer.save_to_preset(tmp_path / "qformer", tokenizer=model.tokenizer)
+    # from_presets passes dropout=None ("keep the checkpoint's") to both.
+    loaded = DPVLPA.from_presets(tmp_path / "vit", tmp_path / "qformer", CLASS_NAMES,
+                                 num_query_tokens=4, projection_dim=16, sequence_length=24)
+    assert loaded.qformer.get_config() == model.qformer.get_config()
+    images = _images(2, 50, 70, seed=4)
+    features = model.encode_images(images)
+    np.testing.assert_array_equal(_np(loaded.encode_images(images)), _np(features))
+    np.testing.assert_array_equal(_np(loaded.qformer.encode_queries(features)),
+                                  _np(model.qformer.encode_queries(features)))
+    np.testing.assert_array_equal(_np(loaded.tokenize(["a dog"])[0]),
+                                  _np(model.tokenize(["a dog"])[0]))
+
+
+def test_a_training_call_outside_fit_sends_gradient_to_the_text_path():
+    # No compile(phase=...): a custom loop calling the model with training=True.
+    model = _tiny_model(seed=0)
+    images = _images(2, 50, 70, seed=9)
+    before = model.predict(images, verbose=0)  # fills the inference cache
+    outputs = model(images, training=True)
+    ops.sum(outputs["logits"]).backward()
+    grad = model.text_proj.kernel.value.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    # The training call dropped the cache: changed text weights are seen.
+    with torch.no_grad():
+        kernel = model.text_proj.kernel.value
+        kernel.add_(torch.randn(kernel.shape, generator=torch.Generator().manual_seed(0)))
+    after = model.predict(images, verbose=0)
+    np.testing.assert_allclose(after, _hand_predict(model, images, CLASS_NAMES), atol=1e-5)
+    assert not np.allclose(after, before)
+
+
 # ----------------------------------------------------------------------
 # Training: what trains and what does not
 # ----------------------------------------------------------------------

@@ -128,3 +128,33 @@ def test_bad_presets_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="num_query_tokens"):
         QFormerBackbone(vocabulary_size=20, num_layers=1, num_heads=2, hidden_dim=8,
                         intermediate_dim=8, image_dim=4, num_query_tokens=0)
+
+
+def test_text_path_matches_a_full_blip2_checkpoint(tmp_path):
+    # A full BLIP-2 model holds the Q-Former's text embeddings (word and
+    # position only, no segment embeddings) beside the vision tower.
+    torch.manual_seed(2)
+    config = transformers.Blip2Config(
+        vision_config=dict(hidden_size=12, intermediate_size=24, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        qformer_config=dict(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=32,
+                            encoder_hidden_size=12, use_qformer_text_input=True,
+                            max_position_embeddings=24),
+        num_query_tokens=4, image_text_hidden_size=8,
+    )
+    hf = transformers.Blip2ForImageTextRetrieval(config).eval()
+    _perturb_norms(hf)
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    backbone = QFormerBackbone.from_preset(tmp_path)
+    token_ids = np.array([[2, 5, 6, 7, 8, 3, 0, 0], [2, 9, 10, 11, 12, 8, 13, 3]], "int32")
+    mask = token_ids != 0
+    with torch.no_grad():
+        embeddings = hf.embeddings(input_ids=torch.from_numpy(token_ids).long())
+        expected = hf.qformer(
+            query_embeds=embeddings, query_length=0,
+            attention_mask=torch.from_numpy(mask).long(),
+        ).last_hidden_state.numpy()
+    got = np.asarray(backbone.encode_text(token_ids, mask).detach().cpu())
+    np.testing.assert_allclose(got[mask], expected[mask], atol=1e-5, rtol=0)

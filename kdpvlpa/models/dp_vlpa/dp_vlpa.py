@@ -274,10 +274,15 @@ class DPVLPA(keras.Model):
     def class_embeddings(self, training=False):
         """`(C, P)` class embeddings `E_class` from the prompts.
 
-        Recomputed with gradient while the text path trains; otherwise cached
-        until the weights or the class names change.
+        With `training=True` they are recomputed, with gradient, and the
+        inference cache is dropped. Otherwise they are computed once and
+        cached; `fit`, `load_weights`, `set_weights` and `set_class_names`
+        drop the cache. After changing the text path's weights any other way
+        (assigning variables, a custom loop calling the model without
+        `training=True`), call `invalidate_class_embeddings()`.
         """
         if training:
+            self._class_embedding_cache = None
             token_ids, padding_mask = self._prompt_inputs()
             return self.encode_text(token_ids, padding_mask, training=False)[0]
         if self._class_embedding_cache is None:
@@ -287,6 +292,7 @@ class DPVLPA(keras.Model):
         return self._class_embedding_cache
 
     def invalidate_class_embeddings(self):
+        """Drop the cached class embeddings: the next inference recomputes them."""
         self._class_embedding_cache = None
 
     # ------------------------------------------------------------------
@@ -332,9 +338,7 @@ class DPVLPA(keras.Model):
         outputs = {"image_queries": queries}
         needs_classes = not (training and self.phase == "pretrain")
         if needs_classes:
-            class_embeddings = self.class_embeddings(
-                training=training and self.phase == "finetune"
-            )
+            class_embeddings = self.class_embeddings(training=training)
             logits = self.classify(queries, class_embeddings)
             outputs.update(
                 class_embeddings=class_embeddings,

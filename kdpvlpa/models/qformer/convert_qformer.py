@@ -153,7 +153,8 @@ def load_blip2_qformer_weights(backbone, weights, source=""):
     """Copies a Hugging Face `Blip2QFormerModel` (or BLIP-2) checkpoint.
 
     `layernorm` is BLIP-2's LayerNorm on the embeddings and maps onto the
-    shared embeddings LayerNorm. A checkpoint without word embeddings (a plain
+    shared embeddings LayerNorm; BLIP-2 has no segment embeddings, so ours
+    start at zero. A checkpoint without word embeddings (a plain
     `Blip2QFormerModel`) leaves the text embeddings randomly initialised and
     says so; one without the text feed-forward (`use_qformer_text_input`
     false) starts it from the queries' feed-forward.
@@ -190,6 +191,9 @@ def load_blip2_qformer_weights(backbone, weights, source=""):
                     "Not loading query_tokens of shape %s into a model with "
                     "shape %s.", value.shape, tuple(backbone.query_tokens.shape))
             break
+    # BLIP-2's text embeddings are word + position only: no segment row.
+    backbone.segment_embedding.embeddings.assign(
+        np.zeros(tuple(backbone.segment_embedding.embeddings.shape), "float32"))
     text_prefix = find_prefix(weights, "embeddings.word_embeddings.weight")
     if text_prefix is not None:
         text = WeightReader(weights, text_prefix, source)
@@ -230,16 +234,18 @@ def qformer_config_from_hf(config, source, **overrides):
     if model_type == "blip_2_qformer":
         args["image_dim"] = config.get("encoder_hidden_size", 1408)
         args["cross_attention_frequency"] = config.get("cross_attention_frequency", 2)
-    args.update({k: v for k, v in overrides.items() if v is not None})
+    args.update(overrides)
     return model_type, args
 
 
 def load_qformer_preset(preset, **overrides):
     from kdpvlpa.models.qformer.qformer_backbone import QFormerBackbone
 
+    # None keeps the checkpoint's value (e.g. `dropout=None`).
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if str(preset) == "tiny_random_bert":
         config = dict(TINY_CONFIG)
-        config.update({k: v for k, v in overrides.items() if v is not None})
+        config.update(overrides)
         return QFormerBackbone(**config)
     path = resolve_qformer_path(preset)
     if is_kdpvlpa_preset(path):
