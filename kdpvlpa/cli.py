@@ -179,32 +179,56 @@ def load_model(path):
                 type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
               help="model.keras or a run folder.")
-@click.option("--top", default=5, show_default=True, help="Labels to show per image.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Labels to show per image.")
 @click.option("--classes", help="Comma-separated class names to predict instead of the "
                                 "trained ones (open vocabulary).")
 @click.option("--json", "as_json", is_flag=True, help="Print all probabilities as JSON.")
 @debug_option
 @reports_errors
 def predict_command(images, model_path, top, classes, as_json, debug):
-    """Per-class probabilities and the top labels of each image."""
+    """Per-class probabilities and the top labels of each image.
+
+    An image that cannot be read is reported after the results of the others,
+    and the command then exits with status 1.
+    """
     import numpy as np
 
-    from kdpvlpa.data import load_image
+    from kdpvlpa.data import CorruptImageError, load_image
 
+    names = None
+    if classes is not None:
+        names = [c.strip() for c in classes.split(",")]
+        if not all(names):
+            raise click.BadParameter(f"an empty class name in {classes!r}.",
+                                     param_hint="--classes")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise click.BadParameter(f"{', '.join(repeated)} appear more than once.",
+                                     param_hint="--classes")
     model = load_model(model_path)
-    if classes:
-        model.set_class_names([c.strip() for c in classes.split(",") if c.strip()])
-    results = {}
+    if names is not None:
+        model.set_class_names(names)
+    results, failed = {}, []
     for path in images:
-        probabilities = model.predict(load_image(path)[None], verbose=0)[0]
+        try:
+            pixels = load_image(path)
+        except (CorruptImageError, FileNotFoundError) as error:
+            failed.append(str(error))
+            continue
+        probabilities = model.predict(pixels[None], verbose=0)[0]
         results[str(path)] = {name: float(p) for name, p in
                               zip(model.class_names, np.asarray(probabilities))}
     if as_json:
         click.echo(json.dumps(results, indent=2))
-        return
-    for path, probs in results.items():
-        best = sorted(probs.items(), key=lambda kv: -kv[1])[:top]
-        click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+    else:
+        for path, probs in results.items():
+            best = sorted(probs.items(), key=lambda kv: -kv[1])[:top]
+            click.echo(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+    if failed:
+        for message in failed:
+            click.echo(f"Error: {message}", err=True)
+        sys.exit(1)
 
 
 def _register_subcommands():

@@ -165,7 +165,8 @@ def run_settings(backend, model=None, sampling=None):
             "sampling": (sampling or SamplingSettings()).as_dict()}
 
 
-def _record_settings(record):
+def record_settings(record):
+    """The `run_settings` a record was written with."""
     sampling = record.get("sampling")
     if isinstance(sampling, dict):
         # Each image has its own seed, derived from the base seed kept here.
@@ -182,7 +183,7 @@ def check_settings(out_path, records, settings):
     compared.
     """
     for record in records:
-        found = _record_settings(record)
+        found = record_settings(record)
         for key, wanted in settings.items():
             if key == "model" and wanted is None:
                 continue

@@ -80,10 +80,14 @@ def natural_class_name(name):
 
 def _read_json(path, what):
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except FileNotFoundError:
         raise SplitError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise SplitError(
+            f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})."
+        ) from None
     except json.JSONDecodeError as e:
         raise SplitError(f"{what} {path} is not valid JSON: {e}") from None
 

@@ -4,6 +4,7 @@ import collections
 import os
 import tempfile
 
+from llm_gen.generate import record_settings
 from llm_gen.records import CaptionFileError, dump_record, read_records
 from llm_gen.validate import count_class_mentions, word_count
 
@@ -127,6 +128,7 @@ def merge_shards(shard_paths, out_path, split=None, overwrite=False):
     by_id = {}
     where = {}
     duplicates = []
+    first = None  # (settings, path) of the first record
     for path in shard_paths:
         records, torn = read_records(path, allow_torn_tail=True)
         if torn:
@@ -135,6 +137,16 @@ def merge_shards(shard_paths, out_path, split=None, overwrite=False):
                 "generation command to finish that shard first."
             )
         for record in records:
+            settings = record_settings(record)
+            if first is None:
+                first = (settings, os.fspath(path))
+            elif settings != first[0]:
+                key = next(k for k in settings if settings[k] != first[0][k])
+                raise CaptionFileError(
+                    f"Cannot merge: {first[1]} was written with {key} "
+                    f"{first[0][key]!r} but {path} (image {record['image_id']!r}) with "
+                    f"{settings[key]!r}; one file holds captions of one setting."
+                )
             image_id = record["image_id"]
             if image_id in by_id:
                 duplicates.append((image_id, where[image_id], os.fspath(path)))

@@ -279,6 +279,29 @@ def test_predict_top_labels_json_and_open_vocabulary(tiny_run):
     assert all(0.0 <= p <= 1.0 for p in per_class.values())
 
 
+def test_predict_reports_unreadable_images_after_the_others(tiny_run, tmp_path):
+    images = sorted((tiny_run["data"] / "images" / "test").iterdir())[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    result = _invoke("predict", images[0], broken, images[1], "--model", tiny_run["run"],
+                     "--json")
+    assert result.exit_code == 1
+    assert list(json.loads(result.stdout)) == [str(images[0]), str(images[1])]
+    assert f"Cannot read image {broken}" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top", "0"], "--top"),
+    (["--classes", "cat,,dog"], "an empty class name"),
+    (["--classes", ""], "an empty class name"),
+    (["--classes", "cat, dog,cat"], "cat appear more than once"),
+])
+def test_predict_refuses_bad_options(tiny_run, args, message):
+    image = next((tiny_run["data"] / "images" / "test").iterdir())
+    result = _invoke("predict", image, "--model", tiny_run["run"], *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_predict_without_a_model_is_a_clean_error(tiny_run, tmp_path):
     image = next((tiny_run["data"] / "images" / "test").iterdir())
     result = _invoke("predict", image, "--model", tmp_path / "nothing")

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+from kdpvlpa.utils.files import read_text
+
 MAX_LISTED = 5
 _TAIL_TAG = re.compile(r"<\s*/?\s*tail\s*>", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
@@ -119,7 +121,7 @@ def read_caption_records(path):
     path = Path(path)
     if not path.is_file():
         raise CaptionFileError(f"Caption file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "Caption file", CaptionFileError)
     if not text.strip():
         raise CaptionFileError(f"Caption file {path} is empty.")
     try:

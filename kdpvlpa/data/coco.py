@@ -18,6 +18,7 @@ from kdpvlpa.data.captions import load_caption_file
 from kdpvlpa.data.loading import dataset_from_split
 from kdpvlpa.data.splits import load_split, split_file_path
 from kdpvlpa.data.voc import compare_labels
+from kdpvlpa.utils.files import read_text
 
 COCO_HOW_TO_GET = (
     "COCO-LT needs MS COCO 2017: download "
@@ -40,8 +41,7 @@ def _read_json(path, what):
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}. {COCO_HOW_TO_GET}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as error:
         raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
 

@@ -27,11 +27,28 @@ class MissingImagesError(FileNotFoundError):
     """Some images of a dataset split are not on disk."""
 
 
+# Pillow modes of 16-bit, 32-bit and float grayscale images, which its RGB
+# conversion would clip at 255 instead of scaling.
+_HIGH_DEPTH_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _gray_to_rgb8(image):
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    if image.mode == "F":
+        # Floats in [0, 1] are scaled; others are taken as 8-bit levels.
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0  # 16-bit samples
+    gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
 def load_image(path):
     """Decode one image file to RGB pixels.
 
     Grayscale, RGBA, CMYK and palette images are converted to RGB (an alpha
-    channel is dropped). EXIF orientation is not applied, as in torchvision's
+    channel is dropped). 16-bit grayscale is scaled to 8 bits, and float
+    grayscale in [0, 1] to [0, 255]. EXIF orientation is not applied, as in torchvision's
     and LMPT's loaders.
 
     Args:
@@ -55,6 +72,8 @@ def load_image(path):
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in _HIGH_DEPTH_GRAY:
+                return _gray_to_rgb8(image)
             if image.mode == "P" and "transparency" in image.info:
                 # Going through RGBA avoids pillow's palette-transparency warning.
                 image = image.convert("RGBA")
@@ -114,17 +133,21 @@ class ImageScan:
         return not self.missing and not self.corrupt
 
 
-def _existing_names(directory, cache):
+def _file_names(directory, cache):
     if directory not in cache:
         try:
-            cache[directory] = set(os.listdir(directory))
+            with os.scandir(directory) as entries:
+                # is_file() follows symlinks: a dangling link or a folder
+                # named like an image is not a file.
+                cache[directory] = {e.name for e in entries if e.is_file()}
         except OSError:
             cache[directory] = set()
     return cache[directory]
 
 
 def find_missing_images(paths):
-    """Paths among `paths` that are not files.
+    """Paths among `paths` that are not files (absent, a folder, or a
+    symbolic link to nothing).
 
     Each folder is listed once, so this is fast for COCO's 118k-file
     `train2017/` too.
@@ -143,7 +166,7 @@ def find_missing_images(paths):
     missing = []
     for p in paths:
         p = Path(p)
-        if p.name not in _existing_names(p.parent, cache):
+        if p.name not in _file_names(p.parent, cache):
             missing.append(p)
     return missing
 

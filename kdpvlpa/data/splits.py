@@ -8,6 +8,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from kdpvlpa.utils.files import read_text
+
 DATASETS = ("voc_lt", "coco_lt")
 PARTS = ("train", "test")
 
@@ -72,8 +74,7 @@ def load_split_file(path):
     if not path.is_file():
         raise FileNotFoundError(f"Split file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(path, "Split file"))
     except json.JSONDecodeError as error:
         raise ValueError(f"Split file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):

@@ -324,9 +324,9 @@ def _is_complete(root, params):
         try:
             with open(f, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
             return False
-        if data.get("generator") != params:
+        if not isinstance(data, dict) or data.get("generator") != params:
             return False
         image_paths += [root / p for p in data.get("image_paths", [])]
     return not find_missing_images(image_paths)

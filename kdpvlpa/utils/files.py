@@ -1,7 +1,37 @@
-"""Writing files so that a killed run never leaves a half-written one."""
+"""Reading text files with clear errors, and writing files so that a killed
+run never leaves a half-written one."""
 
+import codecs
 import os
 from pathlib import Path
+
+
+def read_text(path, what, error=ValueError):
+    """The text of a UTF-8 file; a leading byte-order mark is dropped.
+
+    Args:
+        path: str or `Path`. An existing file.
+        what: str. What the file is, for the message ("Caption file").
+        error: the exception class to raise for bytes that are not UTF-8.
+
+    Returns:
+        str.
+
+    Raises:
+        `error`: the file is not UTF-8; the message names the file, the line
+            and the byte.
+    """
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(
+            f"{what} {path} is not UTF-8 text: byte 0x{data[e.start]:02x} on line "
+            f"{line} ({e.reason}). Save it as UTF-8."
+        ) from None
 
 
 def atomic_write(path, write):

@@ -88,3 +88,18 @@ def test_caption_not_a_string(tmp_path):
     path = _jsonl(tmp_path / "c.jsonl", [{"image_id": "a", "caption": None}])
     with pytest.raises(CaptionFileError, match="must be a string"):
         load_caption_file(path, ["a"])
+
+
+def test_caption_file_encoding(tmp_path):
+    ids = ["a", "b"]
+    lines = [json.dumps(_record(i, f"A cow number {i}.")) for i in ids]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    assert load_caption_file(bom, ids) == ["A cow number a.", "A cow number b."]
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes((lines[0] + "\n").encode("utf-8")
+                       + json.dumps({"image_id": "b", "caption": "caf\u00e9"},
+                                    ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(CaptionFileError,
+                       match=r"latin1.jsonl is not UTF-8 text: byte 0xe9 on line 2"):
+        load_caption_file(latin1, ids)

@@ -62,3 +62,31 @@ def test_scan_images_counts(tmp_path, capsys):
     scan = scan_images(paths + [tmp_path / "no.jpg"], verify=True, progress=True)
     assert (scan.total, scan.present, len(scan.missing), scan.corrupt) == (4, 3, 1, [paths[2]])
     assert "3/3 images" in capsys.readouterr().err
+
+
+def test_high_bit_depth_grayscale_is_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(1, 256).repeat(3, axis=0)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    pixels = load_image(tmp_path / "deep.png")
+    assert pixels.shape == (3, 256, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[0, :, 0], np.rint(ramp[0] / 257.0).astype(np.uint8))
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+    floats = np.linspace(0.0, 1.0, 11, dtype=np.float32).reshape(1, 11)
+    Image.fromarray(floats, mode="F").save(tmp_path / "float.tiff")
+    np.testing.assert_array_equal(load_image(tmp_path / "float.tiff")[0, :, 1],
+                                  np.rint(floats[0].astype(np.float64) * 255).astype(np.uint8))
+
+
+def test_folders_and_dangling_links_named_like_images_are_missing(tmp_path):
+    from kdpvlpa.data import find_missing_images
+
+    real = write_jpeg(tmp_path / "real.jpg", size=(8, 8))
+    (tmp_path / "folder.jpg").mkdir()
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "not-there.jpg")
+    (tmp_path / "link.jpg").symlink_to(real)
+    paths = [tmp_path / n for n in ("real.jpg", "folder.jpg", "dangling.jpg", "link.jpg",
+                                    "absent.jpg")]
+    assert find_missing_images(paths) == [paths[1], paths[2], paths[4]]
+    with pytest.raises(MissingImagesError, match="3 of 5 images are missing"):
+        check_images(paths, "set", "Get it.")

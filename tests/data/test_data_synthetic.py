@@ -106,3 +106,13 @@ def test_names_captions_and_bad_arguments(tmp_path):
         make_synthetic_lt(tmp_path, num_train=10.5)
     with pytest.raises(FileNotFoundError, match="make_synthetic_lt"):
         load_synthetic_lt(tmp_path / "empty", "train")
+
+
+@pytest.mark.parametrize("damage", [b"[]", b"null", b"\xff\xfe garbage", b""])
+def test_a_damaged_split_file_is_redrawn(tmp_path, damage):
+    args = dict(num_classes=5, num_train=30, num_test=20, image_size=32)
+    root = make_synthetic_lt(tmp_path / "s", **args)
+    good = (root / FILES[0]).read_bytes()
+    (root / FILES[0]).write_bytes(damage)
+    make_synthetic_lt(tmp_path / "s", **args)
+    assert (root / FILES[0]).read_bytes() == good

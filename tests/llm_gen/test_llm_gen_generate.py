@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from kdpvlpa.cli import main
-from llm_gen import PROMPT_VERSION, load_split, template_caption
+from llm_gen import PROMPT_VERSION, TEMPLATE_VERSION, load_split, template_caption
 from llm_gen.generate import Shard, generate_captions, image_seed
 from kdpvlpa.data import CaptionFileError as TrainingCaptionFileError
 from kdpvlpa.data import load_caption_file
@@ -207,6 +207,22 @@ def test_cli_shards_then_merge(tmp_path, tiny_split_files):
     result = runner.invoke(main, ["captions", "merge", *shards, "--out", str(merged),
                                   "--split-file", str(split_path)])
     assert result.exit_code != 0 and "--overwrite" in result.output
+
+    # Shards written with other settings are not merged into one file.
+    other = tmp_path / "other.jsonl"
+    result = runner.invoke(main, ["generate-captions", "--split-file", str(split_path),
+                                  "--original-captions", str(captions_path),
+                                  "--out", str(other), "--shard", "2/3"])
+    assert result.exit_code == 0, result.output
+    records = read(other)
+    other.write_text("".join(json.dumps({**r, "model": "template-v0"}) + "\n"
+                             for r in records))
+    result = runner.invoke(main, ["captions", "merge", *shards[:2], str(other), "--out",
+                                  str(bad), "--split-file", str(split_path)])
+    assert result.exit_code != 0 and "Cannot merge" in result.output
+    assert f"with model {TEMPLATE_VERSION!r}" in result.output
+    assert "'template-v0'" in result.output
+    assert not bad.exists()
 
 
 def test_cli_errors_are_clear(tmp_path, tiny_split_files):

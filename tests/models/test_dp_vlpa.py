@@ -454,6 +454,43 @@ def test_finetune_loss_gradients_reach_qformer_not_encoder():
 # ----------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------
+def test_finetune_validation_and_evaluate_need_no_captions():
+    from kdpvlpa.losses import classification_loss, co_occurrence_loss
+    from kdpvlpa.metrics import MeanAveragePrecision, average_precision
+
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-2), phase="finetune",
+                  class_freq=labels.sum(0), co_occurrence=co_occurrence_matrix(labels),
+                  lambda_coa=0.5, metrics=[MeanAveragePrecision()])
+    # Test images come without captions, as the test splits do.
+    test_images = _images(4, 64, 64, seed=5)
+    test_labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], "float32")
+    history = model.fit(x, labels, batch_size=4, epochs=1, verbose=0,
+                        validation_data=(test_images, test_labels))
+    logs = {k: v[-1] for k, v in history.history.items()}
+    assert {"cls_loss", "gcl_dqr_loss", "coa_loss"} <= set(logs)
+    assert "val_gcl_dqr_loss" not in logs  # not computed, rather than logged as 0
+
+    result = model.evaluate(test_images, test_labels, batch_size=4, verbose=0,
+                            return_dict=True)
+    assert "gcl_dqr_loss" not in result
+    out = model(test_images)
+    tau = ops.clip(model.temperature, 0.001, 0.5)
+    cls = float(_np(classification_loss(test_labels, out["logits"])))
+    coa = float(_np(co_occurrence_loss(out["image_queries"], out["class_embeddings"],
+                                       model.co_occurrence, tau, beta=1.0)))
+    np.testing.assert_allclose(result["cls_loss"], cls, rtol=1e-5)
+    np.testing.assert_allclose(result["coa_loss"], coa, rtol=1e-5)
+    np.testing.assert_allclose(result["loss"], cls + 0.5 * coa, rtol=1e-5)
+    np.testing.assert_allclose(
+        result["map"],  # in %
+        100 * np.nanmean(average_precision(test_labels, _np(out["probabilities"]))), rtol=1e-5)
+    # Training itself still needs the captions (GCL-DQR).
+    with pytest.raises(ValueError, match="need `token_ids` and `padding_mask`"):
+        model.fit(test_images, test_labels, epochs=1, verbose=0)
+
+
 def test_finetune_labels_of_wrong_width_are_rejected():
     model = _tiny_model()
     x, labels = _caption_batch(model)

@@ -57,7 +57,9 @@ class DPVLPA(keras.Model):
       pairs; inputs `{"images" or "image_features", "token_ids",
       "padding_mask"}`, no targets.
     - `"finetune"` (adaptive fine-tuning): `L_CLS + λ₁·L_GCL-DQR + λ₂·L_COA`
-      on the same inputs with multi-hot targets.
+      on the same inputs with multi-hot targets. Validation data and
+      `evaluate` may leave the captions out (test splits have none): their
+      loss is then `L_CLS + λ₂·L_COA`, and `gcl_dqr_loss` is not reported.
 
     Args:
         image_encoder: `kdpvlpa.models.CLIPVisionEncoder`. Frozen.
@@ -438,11 +440,16 @@ class DPVLPA(keras.Model):
         trackers = list(getattr(self, "loss_trackers", {}).values())
         return super().metrics + trackers
 
-    def loss_terms(self, y, y_pred):
-        """The phase's loss terms as a dict of scalars (unweighted)."""
+    def loss_terms(self, y, y_pred, training=True):
+        """The phase's loss terms as a dict of scalars (unweighted).
+
+        Outside training, fine-tuning inputs without captions give the terms
+        that need none: `cls` and `coa`.
+        """
         tau = ops.clip(self.temperature, *TEMPERATURE_RANGE)
         queries = y_pred["image_queries"]
-        if "text_cls" not in y_pred:
+        captionless_eval = not training and self.phase == "finetune"
+        if "text_cls" not in y_pred and not captionless_eval:
             raise ValueError(
                 f"Phase {self.phase!r} trains on image–caption pairs: the inputs "
                 "need `token_ids` and `padding_mask` of the captions."
@@ -463,25 +470,29 @@ class DPVLPA(keras.Model):
                 f"model's {len(self.class_names)} classes. Received {tuple(y.shape)}"
             )
         class_embeddings = y_pred["class_embeddings"]
-        if self.dqr_reweighting:
-            weights = dqr_weights(
-                queries, class_embeddings, y, self.class_freq,
-                tail_threshold=self.tail_threshold,
-            )
-        else:
-            weights = ops.ones(ops.shape(queries)[:2], dtype=queries.dtype)
-        return {
+        terms = {
             "cls": classification_loss(y, y_pred["logits"], **self.classification_loss_options),
-            "gcl_dqr": weighted_contrastive_loss(queries, y_pred["text_cls"], weights, tau),
-            "coa": co_occurrence_loss(
-                queries, class_embeddings, self.co_occurrence, tau, beta=self.beta
-            ),
         }
+        if "text_cls" in y_pred:
+            if self.dqr_reweighting:
+                weights = dqr_weights(
+                    queries, class_embeddings, y, self.class_freq,
+                    tail_threshold=self.tail_threshold,
+                )
+            else:
+                weights = ops.ones(ops.shape(queries)[:2], dtype=queries.dtype)
+            terms["gcl_dqr"] = weighted_contrastive_loss(
+                queries, y_pred["text_cls"], weights, tau
+            )
+        terms["coa"] = co_occurrence_loss(
+            queries, class_embeddings, self.co_occurrence, tau, beta=self.beta
+        )
+        return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.phase is None:
             raise RuntimeError("Call `compile(phase=...)` before training.")
-        terms = self.loss_terms(y, y_pred)
+        terms = self.loss_terms(y, y_pred, training=training)
         weights = {"gcl": 1.0, "qcl": self.qcl_weight, "cls": 1.0,
                    "gcl_dqr": self.lambda_dqr, "coa": self.lambda_coa}
         total = sum(weights[n] * v for n, v in terms.items())
@@ -502,7 +513,13 @@ class DPVLPA(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if y is not None and "probabilities" in y_pred and self._compile_metrics is not None:
             self._compile_metrics.update_state(y, y_pred["probabilities"], sample_weight)
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        # A term that was not computed (GCL-DQR on data without captions) is
+        # left out rather than logged as 0.
+        for tracker in getattr(self, "loss_trackers", {}).values():
+            if float(ops.convert_to_numpy(tracker.count)) == 0:
+                results.pop(tracker.name, None)
+        return results
 
     def train_step(self, data):
         # Class embeddings change with every update of the text path.
