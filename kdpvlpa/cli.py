@@ -1,5 +1,6 @@
 """The `kdpvlpa` command line: a thin click group over the library."""
 
+import dataclasses
 import functools
 import json
 import sys
@@ -142,11 +143,14 @@ def evaluate_command(run_dir, data_dir, cache_dir, allow_missing, output, debug)
     The report goes to <run>/evaluation (or --output); the figures `fit`
     wrote in the run folder are left as they are.
     """
-    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.recipes import load_recipe, saved_recipe_name
     from kdpvlpa.training import pipeline
 
     start = time.time()
     recipe = load_recipe(run_dir / "recipe.toml")
+    name = saved_recipe_name(run_dir / "recipe.toml")
+    if name:
+        recipe = dataclasses.replace(recipe, name=name)
     data_dir = data_dir or default_data_dir(recipe.data.dataset)
     train, test = pipeline.load_data(recipe, data_dir, allow_missing=allow_missing)
     model = load_model(run_dir)

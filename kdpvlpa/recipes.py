@@ -12,10 +12,10 @@ Example:
 (5, 32)
 """
 
+import ast
 import dataclasses
 import json
 import math
-import re
 import tomllib
 import types
 import typing
@@ -528,8 +528,7 @@ def load_recipe(name_or_path, overrides=()):
 
     Args:
         name_or_path: str or `Path`. "voc_lt", "coco_lt", "demo", or a path
-            to a .toml file (named by its stem, or by the name a run folder's
-            `recipe.toml` records in its first line).
+            to a .toml file (named by its stem).
         overrides: iterable of str. `"section.key=value"` strings (the CLI's
             `--set`), TOML value syntax, validated like the file.
 
@@ -562,8 +561,22 @@ def load_recipe(name_or_path, overrides=()):
                 f"{', '.join(available_recipes()) or '(none)'}; or pass a path "
                 "to a .toml file."
             )
-    text = path.read_text(encoding="utf-8")
-    # A run folder's recipe.toml keeps the name of the recipe it resolved.
-    header = re.match(r"# Resolved recipe '([^'\n]+)'\n", text)
-    return load_recipe_text(text, name=header.group(1) if header else path.stem,
+    return load_recipe_text(path.read_text(encoding="utf-8"), name=path.stem,
                             overrides=overrides)
+
+
+def saved_recipe_name(path):
+    """The recipe name `Recipe.save` wrote in a file's first line, or None.
+
+    A run folder's `recipe.toml` is named by its stem when loaded; this
+    recovers the name of the recipe it was resolved from ("voc_lt").
+    """
+    first = Path(path).read_text(encoding="utf-8").split("\n", 1)[0]
+    prefix = "# Resolved recipe "
+    if not first.startswith(prefix):
+        return None
+    try:
+        name = ast.literal_eval(first[len(prefix):].strip())
+    except (ValueError, SyntaxError):
+        return None
+    return name if isinstance(name, str) else None

@@ -175,26 +175,47 @@ def record_settings(record):
             "prompt_version": record.get("prompt_version"), "sampling": sampling}
 
 
+def _model_key(model):
+    # The same weights may sit at another path on another machine (or be
+    # spelled `./models/x/`): models are compared by their folder's name.
+    if not isinstance(model, str):
+        return model
+    return os.path.basename(os.path.normpath(model.replace("\\", "/")))
+
+
+def differing_setting(found, wanted):
+    """The first key whose value differs between two `run_settings`, or None.
+
+    A `model` of None in `wanted` is not compared; models are compared by
+    their last path component.
+    """
+    for key, value in wanted.items():
+        if key == "model":
+            if value is not None and _model_key(found[key]) != _model_key(value):
+                return key
+        elif found[key] != value:
+            return key
+    return None
+
+
 def check_settings(out_path, records, settings):
     """Refuse to add records written with other settings to a file.
 
     A resumed file would otherwise mix, say, template captions with an LLM's,
-    or two models', without a word. A `model` of None in `settings` is not
-    compared.
+    or two models', without a word. The template version of fallback records
+    is not compared: only the template backend's own.
     """
     for record in records:
         found = record_settings(record)
-        for key, wanted in settings.items():
-            if key == "model" and wanted is None:
-                continue
-            if found[key] != wanted:
-                raise CaptionFileError(
-                    f"{out_path} was written with {key} {found[key]!r} (image "
-                    f"{record.get('image_id')!r}), but this run uses {key} "
-                    f"{wanted!r}. Resuming would mix captions made with different "
-                    "settings in one file: give another --out, or rerun with the "
-                    "file's settings."
-                )
+        key = differing_setting(found, settings)
+        if key is not None:
+            raise CaptionFileError(
+                f"{out_path} was written with {key} {found[key]!r} (image "
+                f"{record.get('image_id')!r}), but this run uses {key} "
+                f"{settings[key]!r}. Resuming would mix captions made with "
+                "different settings in one file: give another --out, or rerun "
+                "with the file's settings."
+            )
 
 
 def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=512,
@@ -283,11 +304,14 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         finally:
             if owned:
                 backend.close()
-    finally:
+    except BaseException:
         if not existed and os.path.getsize(out_path) == 0:
-            # A run that wrote nothing (its model failed to load) leaves no
-            # empty file behind; the lock is still held while removing it.
+            # A run that failed before writing (its model did not load) leaves
+            # no empty file behind. The lock is still held; a run that opened
+            # the file meanwhile sees it is gone once it gets the lock.
             os.remove(out_path)
+        raise
+    finally:
         writer.close()
     return counts
 

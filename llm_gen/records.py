@@ -160,6 +160,15 @@ def dump_record(record):
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "replace")
 
 
+def _same_file(fd, path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
 class CaptionWriter:
     """Appends records to a caption file, one locked writer at a time.
 
@@ -175,15 +184,21 @@ class CaptionWriter:
         self._since_sync = 0
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                raise CaptionFileError(
+                    f"Another process is writing {self.path}; wait for it or give "
+                    "a different --out (use --shard to split work)."
+                ) from None
+            # The lock counts only if the file is still the one at the path:
+            # a run that failed before writing removes the empty file it made.
+            if _same_file(self._fd, self.path):
+                break
             os.close(self._fd)
-            raise CaptionFileError(
-                f"Another process is writing {self.path}; wait for it or give "
-                "a different --out (use --shard to split work)."
-            ) from None
 
     def write(self, record):
         data = dump_record(record)

@@ -4,7 +4,7 @@ import collections
 import os
 import tempfile
 
-from llm_gen.generate import record_settings
+from llm_gen.generate import differing_setting, record_settings
 from llm_gen.records import CaptionFileError, dump_record, read_records
 from llm_gen.validate import count_class_mentions, word_count
 
@@ -140,8 +140,7 @@ def merge_shards(shard_paths, out_path, split=None, overwrite=False):
             settings = record_settings(record)
             if first is None:
                 first = (settings, os.fspath(path))
-            elif settings != first[0]:
-                key = next(k for k in settings if settings[k] != first[0][k])
+            elif (key := differing_setting(settings, first[0])) is not None:
                 raise CaptionFileError(
                     f"Cannot merge: {first[1]} was written with {key} "
                     f"{first[0][key]!r} but {path} (image {record['image_id']!r}) with "

@@ -10,6 +10,7 @@ from kdpvlpa.recipes import (
     load_recipe,
     load_recipe_text,
     parse_override,
+    saved_recipe_name,
 )
 
 
@@ -46,12 +47,14 @@ def test_frozen_and_round_trip(tmp_path):
         recipe.finetune.epochs = 3
     assert load_recipe_text(recipe.to_toml(), name="demo") == recipe
     path = recipe.save(tmp_path / "run" / "resolved.toml")  # creates run/
-    # A saved recipe keeps its name (in its first line); another file is
-    # named by its stem.
-    assert load_recipe(path) == recipe
+    # A file is named by its stem; the first line keeps the saved name.
+    assert load_recipe(path) == dataclasses.replace(recipe, name="resolved")
+    assert saved_recipe_name(path) == "demo"
+    quoted = dataclasses.replace(recipe, name="bob's run").save(tmp_path / "q.toml")
+    assert saved_recipe_name(quoted) == "bob's run"
     plain = tmp_path / "mine.toml"
     plain.write_text(path.read_text().split("\n", 1)[1])
-    assert load_recipe(plain) == dataclasses.replace(recipe, name="mine")
+    assert saved_recipe_name(plain) is None
 
 
 def test_defaults_live_in_the_dataclass():

@@ -313,6 +313,67 @@ def test_cli_refuses_another_model_before_loading_it(tmp_path, tiny_split_files)
     assert len(read(out)) == 3
 
 
+def test_model_resolved_by_the_backend_is_checked_once_built(split, tmp_path):
+    # An openai server names its model itself: without --model the settings
+    # given up front hold no model, and the built backend's is compared.
+    from llm_gen.generate import run_settings
+
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    before = out.read_bytes()
+
+    def other_model():
+        backend = ScriptedBackend(always_valid)
+        backend.model = "another-model"
+        return backend
+
+    settings = run_settings("scripted", None, ScriptedBackend(always_valid).sampling)
+    with pytest.raises(CaptionFileError, match="written with model 'scripted-model'"):
+        generate_captions(split, other_model, out, settings=settings)
+    assert out.read_bytes() == before
+
+
+def test_the_same_model_at_another_path_resumes(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    first = ScriptedBackend(always_valid)
+    first.model = "models/gemma-2-9b-it"
+    generate_captions(split, first, out, limit=3)
+    moved = ScriptedBackend(always_valid)
+    moved.model = "/data/other/models/gemma-2-9b-it/"
+    assert generate_captions(split, moved, out)["written"] == 9
+
+
+def test_a_shard_without_images_leaves_an_empty_file(split, tmp_path):
+    out = tmp_path / "empty.jsonl"
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, shard=Shard(15, 16))
+    assert counts["written"] == 0 and out.exists() and out.read_bytes() == b""
+
+
+def test_a_writer_never_keeps_a_lock_on_a_removed_file(tmp_path, monkeypatch):
+    # Another run removes the (empty) file between this writer's open and its
+    # lock: the lock on the removed file is dropped and the path made again.
+    import fcntl
+
+    from llm_gen.records import CaptionWriter
+
+    path = tmp_path / "c.jsonl"
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_removal(fd, operation):
+        calls.append(fd)
+        if len(calls) == 1:
+            path.unlink()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
+    writer = CaptionWriter(path)
+    writer.write({"image_id": "a", "caption": "x"})
+    writer.close()
+    assert len(calls) == 2
+    assert json.loads(path.read_text()) == {"image_id": "a", "caption": "x"}
+
+
 def test_rerun_with_a_smaller_limit_keeps_the_file(split, tmp_path):
     out = tmp_path / "c.jsonl"
     generate_captions(split, ScriptedBackend(always_valid), out, limit=6)

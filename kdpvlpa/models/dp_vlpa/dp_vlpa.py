@@ -59,7 +59,8 @@ class DPVLPA(keras.Model):
     - `"finetune"` (adaptive fine-tuning): `L_CLS + λ₁·L_GCL-DQR + λ₂·L_COA`
       on the same inputs with multi-hot targets. Validation data and
       `evaluate` may leave the captions out (test splits have none): their
-      loss is then `L_CLS + λ₂·L_COA`, and `gcl_dqr_loss` is not reported.
+      loss is then `L_CLS + λ₂·L_COA`, and `gcl_dqr_loss` is not reported
+      (use `evaluate(..., return_dict=True)`).
 
     Args:
         image_encoder: `kdpvlpa.models.CLIPVisionEncoder`. Frozen.
