@@ -51,6 +51,16 @@ def test_load_split_file_errors(tmp_path):
         load_split_file(bad)
 
 
+def test_load_split_file_encoding(tmp_path):
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"class_names": ["caf\xc3\xa9"]}')
+    assert load_split_file(bom) == {"class_names": ["caf\u00e9"]}
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"class_names":\n ["caf\xe9"]}')
+    with pytest.raises(ValueError, match=r"latin1.json is not UTF-8 text: byte 0xe9 on line 2"):
+        load_split_file(latin1)
+
+
 def test_data_package_imports_neither_keras_nor_torch():
     import subprocess
     import sys
