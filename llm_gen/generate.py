@@ -5,7 +5,7 @@ import os
 import re
 import zlib
 
-from llm_gen.backends.base import CaptionBackend, SamplingSettings
+from llm_gen.backends.base import CaptionBackend, FailedAnswer, SamplingSettings
 from llm_gen.prompt import PROMPT_VERSION, build_messages
 from llm_gen.records import (
     CaptionFileError,
@@ -328,6 +328,7 @@ def _template_record(split, item, backend, shard):
 
 def _run_batch(split, batch, backend, max_attempts, shard, emit):
     history = {item.image_id: [] for item in batch}
+    last_seed = {}
     active = list(batch)
     for attempt in range(1, max_attempts + 1):
         if not active:
@@ -347,6 +348,13 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
             )
         still = []
         for item, output, seed in zip(active, outputs, seeds):
+            last_seed[item.image_id] = seed
+            if isinstance(output, FailedAnswer):
+                # The engine refused the prompt; asking again would not help.
+                history[item.image_id].append(
+                    (output, [f"the model could not answer this prompt ({output.reason})"])
+                )
+                continue
             violations = validate(output, item.labels, item.tail_labels, split.class_names)
             if not violations:
                 failed = [
@@ -360,10 +368,15 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
                 ))
             else:
                 history[item.image_id].append((output, violations))
-                still.append((item, seed))
-        active = [item for item, _ in still]
-        last_seed = {item.image_id: seed for item, seed in still}
-    for item in active:
+                still.append(item)
+        active = still
+    # Every attempt failed, or the engine refused the prompt.
+    given_up = {item.image_id for item in active} | {
+        image_id for image_id, h in history.items() if h and isinstance(h[-1][0], FailedAnswer)
+    }
+    for item in batch:
+        if item.image_id not in given_up:
+            continue
         failed = [
             {"output": o[:_MAX_LOGGED_OUTPUT], "violations": v}
             for o, v in history[item.image_id]
@@ -371,7 +384,7 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
         raw = template_caption(item)
         record = _base_record(split, item)
         record = _finish_record(
-            record, raw, "fallback", "template", max_attempts,
+            record, raw, "fallback", "template", len(failed),
             failed[-1]["violations"], failed, backend, shard,
             last_seed[item.image_id],
         )

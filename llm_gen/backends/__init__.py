@@ -1,6 +1,6 @@
 """Caption backends behind one interface; each imports its engine lazily."""
 
-from llm_gen.backends.base import BackendError, CaptionBackend, SamplingSettings
+from llm_gen.backends.base import BackendError, CaptionBackend, FailedAnswer, SamplingSettings
 
 BACKENDS = ("template", "vllm", "openai", "transformers")
 
@@ -32,4 +32,7 @@ def make_backend(name, sampling=None, **options):
     raise ValueError(f"Unknown backend {name!r}; expected one of {BACKENDS}.")
 
 
-__all__ = ["BACKENDS", "BackendError", "CaptionBackend", "SamplingSettings", "make_backend"]
+__all__ = [
+    "BACKENDS", "BackendError", "CaptionBackend", "FailedAnswer", "SamplingSettings",
+    "make_backend",
+]

@@ -8,6 +8,18 @@ class BackendError(RuntimeError):
     """Raised when a backend cannot be built or a model call fails."""
 
 
+class FailedAnswer(str):
+    """The answer to a prompt the engine refused (e.g. longer than the
+    model's context): empty text, with the engine's reason. The image is
+    retried and then gets the template caption, like an invalid answer,
+    instead of stopping the whole run."""
+
+    def __new__(cls, reason):
+        answer = super().__new__(cls, "")
+        answer.reason = str(reason)
+        return answer
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """Sampling settings shared by the LLM backends; stored in every record.
@@ -53,7 +65,8 @@ class CaptionBackend(abc.ABC):
             seeds: list of int, one per conversation.
 
         Returns:
-            A list of str, one answer per conversation, in order.
+            A list of str, one answer per conversation, in order; a
+            `FailedAnswer` for a conversation the engine refused.
         """
 
     def describe(self):

@@ -10,7 +10,15 @@ import time
 import urllib.error
 import urllib.request
 
-from llm_gen.backends.base import BackendError, CaptionBackend, clean_output
+from llm_gen.backends.base import BackendError, CaptionBackend, FailedAnswer, clean_output
+
+
+class _Refused(BackendError):
+    """The server answered a request with a 4xx status."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
 
 
 class OpenAIBackend(CaptionBackend):
@@ -61,7 +69,7 @@ class OpenAIBackend(CaptionBackend):
             except urllib.error.HTTPError as e:
                 body = e.read().decode("utf-8", "replace")[:500]
                 if e.code < 500:
-                    raise BackendError(f"{url} answered HTTP {e.code}: {body}") from None
+                    raise _Refused(e.code, f"{url} answered HTTP {e.code}: {body}") from None
                 last_error = f"HTTP {e.code}: {body}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
@@ -90,7 +98,14 @@ class OpenAIBackend(CaptionBackend):
             "max_tokens": self.sampling.max_tokens,
             "seed": seed,
         }
-        answer = self._request("/chat/completions", payload)
+        try:
+            answer = self._request("/chat/completions", payload)
+        except _Refused as error:
+            # 400, 413 and 422 reject this request (a prompt too long for the
+            # model, say); 401, 403 and 404 (key, URL, model) stop the run.
+            if error.code in (400, 413, 422):
+                return FailedAnswer(str(error))
+            raise
         try:
             return clean_output(answer["choices"][0]["message"]["content"])
         except (KeyError, IndexError, TypeError):

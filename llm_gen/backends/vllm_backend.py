@@ -10,6 +10,7 @@ from pathlib import Path
 from llm_gen.backends.base import (
     BackendError,
     CaptionBackend,
+    FailedAnswer,
     chat_template_accepts_system,
     clean_output,
 )
@@ -51,6 +52,12 @@ class VLLMBackend(CaptionBackend):
                 f"({type(e).__name__}: {e})."
             ) from e
         self._vllm = vllm
+        # Errors about a request, not the engine: the prompt is at fault.
+        try:
+            from vllm.exceptions import VLLMClientError
+        except ImportError:  # older vLLM raised ValueError only
+            VLLMClientError = ValueError
+        self._refusals = (ValueError, VLLMClientError)
         self.chat_template = chat_template
         self.engine_args = dict(engine_args or {})
         self.tensor_parallel_size = tensor_parallel_size
@@ -92,12 +99,22 @@ class VLLMBackend(CaptionBackend):
             )
             for seed in seeds
         ]
-        outputs = self.llm.chat(
-            list(conversations),
-            sampling_params=params,
-            use_tqdm=False,
-            chat_template=self.chat_template,
-        )
+        try:
+            outputs = self.llm.chat(
+                list(conversations),
+                sampling_params=params,
+                use_tqdm=False,
+                chat_template=self.chat_template,
+            )
+        except self._refusals as error:
+            # vLLM refuses the whole batch for one bad prompt (say, longer
+            # than max_model_len): halve the batch until it is found, so the
+            # other prompts still go in large batches.
+            if len(conversations) == 1:
+                return [FailedAnswer(f"{type(error).__name__}: {error}")]
+            half = len(conversations) // 2
+            return (self.generate(conversations[:half], seeds[:half])
+                    + self.generate(conversations[half:], seeds[half:]))
         return [clean_output(o.outputs[0].text if o.outputs else "") for o in outputs]
 
     def close(self):

@@ -15,6 +15,7 @@ from llm_gen.records import CaptionFileError, read_records
 from llm_gen_test_helpers import (
     ScriptedBackend,
     always_valid,
+    labels_from_prompt,
     never_valid,
     valid_on_second,
 )
@@ -372,6 +373,28 @@ def test_a_writer_never_keeps_a_lock_on_a_removed_file(tmp_path, monkeypatch):
     writer.close()
     assert len(calls) == 2
     assert json.loads(path.read_text()) == {"image_id": "a", "caption": "x"}
+
+
+def test_a_refused_prompt_falls_back_without_retries(split, tmp_path):
+    from llm_gen.backends import FailedAnswer
+
+    def script(conversation, attempt):
+        labels, _ = labels_from_prompt(conversation)
+        if "hot dog" in labels:
+            return FailedAnswer("prompt longer than the model's context")
+        return always_valid(conversation, attempt)
+
+    out = tmp_path / "c.jsonl"
+    backend = ScriptedBackend(script)
+    counts = generate_captions(split, backend, out, max_attempts=3)
+    assert counts["fallback"] == 2 and counts["valid"] == 10
+    assert [len(c) for c, _ in backend.calls] == [12]  # nothing asked twice
+    records = {r["image_id"]: r for r in read(out)}
+    refused = records["img_003"]  # labels person, dog, hot dog
+    assert refused["status"] == "fallback" and refused["attempts"] == 1
+    assert refused["violations"] == [
+        "the model could not answer this prompt (prompt longer than the model's context)"]
+    assert refused["raw_caption"] == template_caption(split.items[3])
 
 
 def test_rerun_with_a_smaller_limit_keeps_the_file(split, tmp_path):

@@ -13,6 +13,7 @@ from llm_gen_test_helpers import labels_from_prompt, valid_answer
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     requests = []
+    refuse_label = None  # prompts with this label get HTTP 400
 
     def log_message(self, *args):
         pass
@@ -40,6 +41,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         messages = payload["messages"]
         labels, _ = labels_from_prompt(messages)
         retry = any(m["role"] == "assistant" for m in messages)
+        if type(self).refuse_label in labels:
+            self._send(400, {"error": {"message": "prompt is too long for this model"}})
+            return
         if "bus" in labels and not retry:
             content = "A <tail>bus</tail>."  # too short: retried
         elif "hot dog" in labels:
@@ -52,6 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     _Handler.requests = []
+    _Handler.refuse_label = None
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -104,3 +109,23 @@ def test_openai_server_down_is_a_clear_error(tmp_path, tiny_split_files):
     ])
     assert result.exit_code != 0
     assert "failed 3 times" in result.output and "Is the server running?" in result.output
+
+
+def test_a_prompt_the_server_refuses_falls_back(server, tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    _Handler.refuse_label = "potted plant"
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--base-url", server,
+        "--out", str(out), "--max-attempts", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    refused = sorted(i for i, r in records.items() if "potted plant" in r["labels"])
+    assert refused == ["img_001", "img_005", "img_009"]
+    for image_id in refused:
+        record = records[image_id]
+        assert record["status"] == "fallback" and record["attempts"] == 1
+        (violation,) = record["violations"]
+        assert "could not answer this prompt" in violation and "HTTP 400" in violation
+    assert len(records) == 12

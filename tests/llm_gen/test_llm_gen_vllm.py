@@ -44,6 +44,11 @@ def test_vllm_engine_retries_then_falls_back(vllm_available, tmp_path):
 
     model = build_tiny_chat_model(tmp_path / "model")
     split_path, captions_path = write_tiny_split(tmp_path, num_images=4)
+    # Image 1's original caption makes a prompt longer than max_model_len:
+    # vLLM refuses it, and only it, without retries.
+    original = json.loads(captions_path.read_text())
+    original["captions"][1] = "a very long caption " * 1500
+    captions_path.write_text(json.dumps(original))
     out = tmp_path / "captions.jsonl"
     command = [
         sys.executable, "-m", "kdpvlpa.cli", "generate-captions",
@@ -60,13 +65,19 @@ def test_vllm_engine_retries_then_falls_back(vllm_available, tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     split = load_split(split_file=split_path, original_captions=captions_path)
     assert [r["image_id"] for r in records] == split.image_ids
-    for record, item in zip(records, split.items):
+    for index, (record, item) in enumerate(zip(records, split.items)):
         assert record["status"] == "fallback" and record["source"] == "template"
         assert record["backend"] == "vllm" and record["model"] == model
+        assert record["violations"] == record["failed_attempts"][-1]["violations"]
+        if index == 1:
+            assert record["attempts"] == 1
+            (violation,) = record["violations"]
+            assert "could not answer this prompt" in violation
+            assert "maximum context length" in violation
+            continue
         assert record["attempts"] == 2 and len(record["failed_attempts"]) == 2
         for attempt in record["failed_attempts"]:
             assert attempt["output"] and attempt["violations"]
-        assert record["violations"] == record["failed_attempts"][-1]["violations"]
         assert record["raw_caption"] == template_caption(item)
         assert record["labels"] == list(item.labels)
         assert record["tail_labels"] == list(item.tail_labels)
