@@ -312,13 +312,14 @@ def test_class_embeddings_are_cached_and_invalidated(tmp_path, monkeypatch):
 
 
 def test_from_presets_reads_saved_kdpvlpa_preset_folders(tmp_path):
-    model = _tiny_model(seed=3)
+    model = _tiny_model(seed=3, feature_layer=-1)
     model.image_encoder.save_to_preset(tmp_path / "vit")
     model.qformer.save_to_preset(tmp_path / "qformer", tokenizer=model.tokenizer)
-    # from_presets passes dropout=None ("keep the checkpoint's") to both.
+    # Settings not given (queries, feature layer, dropout) are the presets'.
     loaded = DPVLPA.from_presets(tmp_path / "vit", tmp_path / "qformer", CLASS_NAMES,
-                                 num_query_tokens=4, projection_dim=16, sequence_length=24)
+                                 projection_dim=16, sequence_length=24)
     assert loaded.qformer.get_config() == model.qformer.get_config()
+    assert loaded.qformer.num_query_tokens == 4 and loaded.image_encoder.feature_layer == -1
     images = _images(2, 50, 70, seed=4)
     features = model.encode_images(images)
     np.testing.assert_array_equal(_np(loaded.encode_images(images)), _np(features))
@@ -326,6 +327,49 @@ def test_from_presets_reads_saved_kdpvlpa_preset_folders(tmp_path):
                                   _np(model.qformer.encode_queries(features)))
     np.testing.assert_array_equal(_np(loaded.tokenize(["a dog"])[0]),
                                   _np(model.tokenize(["a dog"])[0]))
+
+
+def test_a_cased_tokenizer_stays_cased_through_a_preset(tmp_path):
+    from keras_hub.models import BertTokenizer
+
+    model = _tiny_model()
+    vocabulary = list(model.tokenizer.get_vocabulary()) + ["Dog"]
+    cased = BertTokenizer(vocabulary=vocabulary, lowercase=False, strip_accents=False)
+    model.qformer.save_to_preset(tmp_path / "qformer", tokenizer=cased)
+    reloaded = load_qformer_tokenizer(tmp_path / "qformer")
+    assert reloaded.lowercase is False
+    assert _np(reloaded(["Dog"])).tolist() == _np(cased(["Dog"])).tolist()
+
+
+def test_mixed_bfloat16_reaches_every_part_and_scores_stay_float32():
+    model = _tiny_model(dtype="mixed_bfloat16")
+    for part in (model, model.image_encoder, model.qformer):
+        assert part.dtype_policy.name == "mixed_bfloat16"
+    probabilities = model.predict(_images(2, 50, 70), verbose=0)
+    assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+
+
+def test_bad_inputs_and_arguments_name_the_problem():
+    model = _tiny_model()
+    with pytest.raises(TypeError, match="a list of names, not one string"):
+        _tiny_model(class_names="horse")
+    with pytest.raises(TypeError, match="a list of names, not one string"):
+        model.set_class_names("cat")
+    with pytest.raises(ValueError, match="`sequence_length` must be between 3 and the "
+                                         "Q-Former's `max_sequence_length`"):
+        DPVLPA(model.image_encoder, model.qformer, model.tokenizer, CLASS_NAMES,
+               sequence_length=model.qformer.max_sequence_length + 1)
+    token_ids, padding_mask = model.tokenize(["a dog"])
+    assert (_np(model.tokenize([b"a dog"])[0]) == _np(token_ids)).all()
+    with pytest.raises(TypeError, match="Texts must be strings"):
+        model.tokenize(["a dog", None])
+    images = _images(1, 64, 64)
+    with pytest.raises(ValueError, match="need their `padding_mask`"):
+        model({"images": images, "token_ids": token_ids})
+    features = _np(model.encode_images(images))
+    with pytest.raises(ValueError, match=r"`image_features` must be encoder tokens of "
+                                         r"shape \(batch, tokens, \d+\)"):
+        model({"image_features": features[..., :-1]})
 
 
 def test_a_training_call_outside_fit_sends_gradient_to_the_text_path():

@@ -122,6 +122,9 @@ def _from_keras_hub(preset, **kwargs):
 def load_clip_vision_preset(preset, **kwargs):
     from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
 
+    # None keeps the preset's value (e.g. `feature_layer=None`).
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+
     if str(preset) in NAMED_CONFIGS:
         config = dict(NAMED_CONFIGS[str(preset)])
         config.update(kwargs)

@@ -39,6 +39,18 @@ class ClipValue(keras.constraints.Constraint):
         return {"min_value": self.min_value, "max_value": self.max_value}
 
 
+def _check_class_names(class_names):
+    if isinstance(class_names, (str, bytes)):
+        raise TypeError(
+            "`class_names` must be a list of names, not one string. Received: "
+            f"{class_names!r} (write [{class_names!r}] for one class)."
+        )
+    class_names = [str(c) for c in class_names]
+    if not class_names:
+        raise ValueError("`class_names` must name at least one class.")
+    return class_names
+
+
 @keras.saving.register_keras_serializable(package="kdpvlpa")
 class DPVLPA(keras.Model):
     """DP-VLPA long-tailed multi-label recognizer.
@@ -120,9 +132,7 @@ class DPVLPA(keras.Model):
     ):
         kwargs.pop("trainable", None)
         super().__init__(dtype=dtype, **kwargs)
-        class_names = [str(c) for c in class_names]
-        if not class_names:
-            raise ValueError("`class_names` must name at least one class.")
+        class_names = _check_class_names(class_names)
         if "{}" not in prompt_template:
             raise ValueError(
                 "`prompt_template` needs a `{}` for the class name. Received: "
@@ -131,6 +141,12 @@ class DPVLPA(keras.Model):
         if not TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1]:
             raise ValueError(
                 f"`temperature` must be in {list(TEMPERATURE_RANGE)}. Received: {temperature}"
+            )
+        if not 2 < sequence_length <= qformer.max_sequence_length:
+            raise ValueError(
+                f"`sequence_length` must be between 3 and the Q-Former's "
+                f"`max_sequence_length` ({qformer.max_sequence_length} positions). "
+                f"Received: {sequence_length}"
             )
         if qformer.image_dim != image_encoder.hidden_dim:
             raise ValueError(
@@ -200,10 +216,11 @@ class DPVLPA(keras.Model):
         vision_preset,
         qformer_preset,
         class_names,
-        feature_layer=-2,
-        num_query_tokens=32,
-        cross_attention_frequency=2,
+        feature_layer=None,
+        num_query_tokens=None,
+        cross_attention_frequency=None,
         dropout=None,
+        dtype=None,
         **kwargs,
     ):
         """Builds a DP-VLPA model from an encoder and a Q-Former checkpoint.
@@ -216,26 +233,36 @@ class DPVLPA(keras.Model):
                 (a local BERT or BLIP-2 Q-Former folder, `"minilm"`,
                 `"tiny_random_bert"`); its tokenizer comes from the same place.
             class_names: list of str.
-            feature_layer: int. Encoder layer the Q-Former reads.
-            num_query_tokens: int. K.
-            cross_attention_frequency: int.
-            dropout: float or None (None keeps the checkpoint's).
+            feature_layer: int or None. Encoder layer the Q-Former reads.
+            num_query_tokens: int or None. K.
+            cross_attention_frequency: int or None.
+            dropout: float or None.
+            dtype: string or `keras.DTypePolicy`, for the encoder, the
+                Q-Former and the heads alike.
             **kwargs: `DPVLPA` arguments (`projection_dim`, ...).
+
+        None keeps what the preset says: a kdpvlpa preset folder's saved
+        value, or for a Hugging Face checkpoint the defaults of METHOD.md
+        (`feature_layer=-2`, 32 queries, cross-attention every 2 layers) and
+        the checkpoint's dropout.
         """
         from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
         from kdpvlpa.models.qformer.convert_qformer import load_qformer_tokenizer
         from kdpvlpa.models.qformer.qformer_backbone import QFormerBackbone
 
-        encoder = CLIPVisionEncoder.from_preset(vision_preset, feature_layer=feature_layer)
+        encoder = CLIPVisionEncoder.from_preset(
+            vision_preset, feature_layer=feature_layer, dtype=dtype
+        )
         qformer = QFormerBackbone.from_preset(
             qformer_preset,
             image_dim=encoder.hidden_dim,
             num_query_tokens=num_query_tokens,
             cross_attention_frequency=cross_attention_frequency,
             dropout=dropout,
+            dtype=dtype,
         )
         tokenizer = load_qformer_tokenizer(qformer_preset)
-        return cls(encoder, qformer, tokenizer, class_names, **kwargs)
+        return cls(encoder, qformer, tokenizer, class_names, dtype=dtype, **kwargs)
 
     # ------------------------------------------------------------------
     # Text
@@ -253,9 +280,7 @@ class DPVLPA(keras.Model):
         One trained model predicts any set of class names (the paper's
         open-world test); the learned logit scale and bias are kept.
         """
-        class_names = [str(c) for c in class_names]
-        if not class_names:
-            raise ValueError("`class_names` must name at least one class.")
+        class_names = _check_class_names(class_names)
         self.class_names = class_names
         self._prompt_tokens = None
         self._class_embedding_cache = None
@@ -330,6 +355,12 @@ class DPVLPA(keras.Model):
             inputs = {"images": inputs}
         if "image_features" in inputs and inputs["image_features"] is not None:
             features = ops.cast(inputs["image_features"], self.compute_dtype)
+            width = self.image_encoder.hidden_dim
+            if len(features.shape) != 3 or features.shape[-1] != width:
+                raise ValueError(
+                    "`image_features` must be encoder tokens of shape (batch, tokens, "
+                    f"{width}). Received: {tuple(features.shape)}"
+                )
         elif "images" in inputs:
             features = self.encode_images(inputs["images"])
         else:
@@ -342,7 +373,9 @@ class DPVLPA(keras.Model):
         needs_classes = not (training and self.phase == "pretrain")
         if needs_classes:
             class_embeddings = self.class_embeddings(training=training)
-            logits = self.classify(queries, class_embeddings)
+            # Scores stay float32 under a mixed-precision policy, as Keras
+            # keeps its output layers: bfloat16 would tie many of them.
+            logits = ops.cast(self.classify(queries, class_embeddings), "float32")
             outputs.update(
                 class_embeddings=class_embeddings,
                 logits=logits,
@@ -350,6 +383,11 @@ class DPVLPA(keras.Model):
             )
         if inputs.get("token_ids") is not None:
             token_ids = inputs["token_ids"]
+            if inputs.get("padding_mask") is None:
+                raise ValueError(
+                    "`token_ids` need their `padding_mask`: both come from "
+                    "`model.tokenize(captions)`."
+                )
             padding_mask = ops.cast(inputs["padding_mask"], "bool")
             text_cls, text_tokens = self.encode_text(token_ids, padding_mask, training)
             sep = ops.not_equal(token_ids, self.tokenizer.sep_token_id)

@@ -267,7 +267,10 @@ class QFormerBackbone(keras.Model):
         return load_qformer_preset(preset, **kwargs)
 
     def save_to_preset(self, preset_dir, tokenizer=None):
-        """Writes a kdpvlpa preset folder; with `tokenizer`, also its vocab."""
+        """Writes a kdpvlpa preset folder; with `tokenizer`, also its vocab
+        and casing (`vocab.txt`, `tokenizer_config.json`, as Hugging Face
+        writes them)."""
+        import json
         from pathlib import Path
 
         from kdpvlpa.models.preset import save_model_preset
@@ -276,4 +279,8 @@ class QFormerBackbone(keras.Model):
             Path(preset_dir).mkdir(parents=True, exist_ok=True)
             vocab = tokenizer.get_vocabulary()
             (Path(preset_dir) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+            lowercase = bool(getattr(tokenizer, "lowercase", True))
+            (Path(preset_dir) / "tokenizer_config.json").write_text(
+                json.dumps({"do_lower_case": lowercase}) + "\n"
+            )
         save_model_preset(self, preset_dir)

@@ -32,6 +32,16 @@ def load_bert_tokenizer(folder):
     )
 
 
+def _as_text(text):
+    if isinstance(text, (bytes, np.bytes_)):
+        return bytes(text).decode("utf-8")
+    if text is None or not isinstance(text, (str, np.str_)):
+        raise TypeError(
+            f"Texts must be strings. Received: {text!r} ({type(text).__name__})"
+        )
+    return str(text)
+
+
 def pack_text(tokenizer, texts, sequence_length):
     """Tokenises `texts` into `[CLS] … [SEP]` rows padded to `sequence_length`.
 
@@ -40,9 +50,9 @@ def pack_text(tokenizer, texts, sequence_length):
         `(len(texts), sequence_length)`; text that does not fit is truncated
         before `[SEP]`.
     """
-    if isinstance(texts, str):
+    if isinstance(texts, (str, bytes)):
         texts = [texts]
-    texts = [str(t) for t in texts]
+    texts = [_as_text(t) for t in texts]
     if sequence_length < 3:
         raise ValueError(
             f"`sequence_length` must be at least 3. Received: {sequence_length}"
