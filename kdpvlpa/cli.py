@@ -24,8 +24,9 @@ def _user_errors():
     from kdpvlpa.recipes import RecipeError
     from kdpvlpa.training.pipeline import PipelineError
 
+    # OSError covers files that cannot be written (permissions, a full disk).
     return (MissingImagesError, CorruptImageError, CaptionFileError, RecipeError,
-            PipelineError, FileNotFoundError, ValueError, FloatingPointError)
+            PipelineError, OSError, ValueError, FloatingPointError)
 
 
 def reports_errors(command):

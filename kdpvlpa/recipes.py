@@ -36,7 +36,9 @@ class DataConfig:
 
     Args:
         dataset: str. "voc_lt", "coco_lt" or "synthetic".
-        image_size: int. Square input side in pixels (224 for CLIP ViT-B/16).
+        image_size: int. Square input side in pixels (224 for CLIP ViT-B/16);
+            it must equal the encoder's. For the synthetic dataset: the side
+            the images are drawn at (the encoder resizes them).
         horizontal_flip: bool. Random horizontal flips of training images.
         num_classes: int or None. Synthetic set only: number of classes
             (None: `make_synthetic_lt`'s default).
@@ -345,7 +347,14 @@ def validate_recipe(recipe):
     Example:
     >>> validate_recipe(Recipe())
     """
-    _check(recipe.seed >= 0, "seed", recipe.seed, ">= 0")
+    # Each epoch's seed is seed·1000 + epoch, and seeds must stay below 2³².
+    _check(0 <= recipe.seed < 2**32 // 1000, "seed", recipe.seed,
+           f"in [0, {2**32 // 1000 - 1}]")
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(recipe, section)):
+            value = getattr(getattr(recipe, section), f.name)
+            if isinstance(value, float):
+                _check(math.isfinite(value), f"{section}.{f.name}", value, "finite")
     d = recipe.data
     _check(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {', '.join(DATASETS)}")
     _check(d.image_size >= 16, "data.image_size", d.image_size, ">= 16")

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -138,3 +139,13 @@ def test_names_paths_and_files(tmp_path, monkeypatch):
     monkeypatch.setattr(kdpvlpa, "__file__", str(tmp_path / "pkg" / "kdpvlpa" / "__init__.py"))
     with pytest.raises(RecipeError, match=r"recipes folder was not found.*pip install -e \."):
         load_recipe("demo")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=5000000", "seed must be in [0, 4294966]"),
+    ("pretrain.learning_rate=inf", "pretrain.learning_rate must be finite"),
+    ("finetune.beta=inf", "finetune.beta must be finite"),
+])
+def test_values_that_would_fail_late_are_refused_when_loading(override, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe("demo", overrides=[override])

@@ -18,9 +18,11 @@ process fills a cache at a time (a file lock); another waits for it.
 """
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,7 +104,20 @@ def _exclusive(lock_path):
             f"This process is already filling the cache {lock_path.parent}; a "
             "nested load of the same cache would wait for itself."
         )
-    with open(lock_path, "a") as handle:
+    try:
+        handle = open(lock_path, "a")
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        # A read-only cache folder: nobody can fill it, so nothing to wait
+        # for; a complete cache is read, an incomplete one fails to write.
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,6 +130,25 @@ def _exclusive(lock_path):
         finally:
             _HELD.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reserve_disk_space(path):
+    """Allocates the whole (sparse) features file now: a full disk is then an
+    error here, not a crash (SIGBUS) when a later row is written."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                return  # a file system without fallocate: rows are written as they come
+            handle.close()
+            Path(path).unlink(missing_ok=True)
+            raise OSError(
+                errno.ENOSPC,
+                f"Not enough disk space for the feature cache {path} "
+                f"({size / 1e9:.2f} GB). Free some space or give another --cache-dir.",
+            ) from None
 
 
 class FeatureCache:
@@ -187,6 +221,7 @@ class FeatureCache:
         features = np.lib.format.open_memmap(
             self.features_path, mode="w+", dtype=self.dtype, shape=shape
         )
+        _reserve_disk_space(self.features_path)
         done = np.zeros(shape[0], bool)
         _atomic_save(self.done_path, done)
         meta = json.dumps({

@@ -6,6 +6,7 @@ the final `model.keras`, `metrics.json`, a per-class AP table and chart.
 """
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -67,16 +68,28 @@ def build_model(recipe, class_names, models_dir="models"):
     import keras
 
     keras.utils.set_random_seed(recipe.seed)
-    return DPVLPA.from_presets(
-        vision_preset=vision,
-        qformer_preset=qformer,
-        class_names=class_names,
-        feature_layer=m.feature_layer,
-        num_query_tokens=m.num_query_tokens,
-        cross_attention_frequency=m.cross_attention_frequency,
-        projection_dim=m.projection_dim,
-        sequence_length=m.sequence_length,
-    )
+    try:
+        model = DPVLPA.from_presets(
+            vision_preset=vision,
+            qformer_preset=qformer,
+            class_names=class_names,
+            feature_layer=m.feature_layer,
+            num_query_tokens=m.num_query_tokens,
+            cross_attention_frequency=m.cross_attention_frequency,
+            projection_dim=m.projection_dim,
+            sequence_length=m.sequence_length,
+        )
+    except ValueError as error:
+        # The limits come from the checkpoints (positions, layers): name the
+        # recipe's section so the user knows which --set to change.
+        raise PipelineError(f"[model] does not fit the checkpoints: {error}") from None
+    size = model.image_encoder.image_size
+    if recipe.data.dataset != "synthetic" and recipe.data.image_size != size:
+        raise PipelineError(
+            f"data.image_size is {recipe.data.image_size}, but the encoder "
+            f"{m.vision_preset!r} takes {size} px images; set data.image_size = {size}."
+        )
+    return model
 
 
 def load_data(recipe, data_dir, allow_missing=False):
@@ -95,7 +108,10 @@ def template_captions(data_dir, path):
     """Writes llm_gen's template captions for the synthetic training split.
 
     The template backend follows the STAG rules deterministically (tail
-    classes first, inside `<tail>` tags), so the demo needs no LLM.
+    classes first, inside `<tail>` tags), so the demo needs no LLM. The file
+    is written anew each time (it takes milliseconds), so it always matches
+    the split in `data_dir`, which a reused run folder may not; the run
+    folder's captions.sha256 still guards its checkpoints.
     """
     import llm_gen
     from llm_gen.backends import make_backend
@@ -106,13 +122,10 @@ def template_captions(data_dir, path):
         split_file=data_dir / "synthetic_lt_train.json",
         original_captions=data_dir / "synthetic_lt_train_captions.json",
     )
-    if path.exists():
-        records, _ = llm_gen.read_records(path)
-        if any(r.get("model") != llm_gen.TEMPLATE_VERSION for r in records):
-            # Made by another template version: derived data, written again
-            # (the run folder's captions.sha256 still guards the checkpoints).
-            path.unlink()
-    llm_gen.generate_captions(split, make_backend("template"), path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.unlink(missing_ok=True)
+    llm_gen.generate_captions(split, make_backend("template"), tmp)
+    os.replace(tmp, path)
     return path
 
 
@@ -258,8 +271,14 @@ def _check_same_recipe(output, recipe):
         return
     before = _flatten(load_recipe(saved).to_dict())
     now = _flatten(recipe.to_dict())
+    # Only what the existing checkpoints depend on: fine-tuning settings may
+    # still change while phase 2 has not started.
+    started = {p for p in ("pretrain", "finetune")
+               if (Path(output) / "checkpoints" / p / "state.json").exists()}
+    ignored = ("eval.",) + tuple(f"{p}." for p in ("pretrain", "finetune")
+                                 if p not in started)
     changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith("eval."))
+                     if before.get(k) != now.get(k) and not k.startswith(ignored))
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
         raise PipelineError(

@@ -160,3 +160,38 @@ def test_training_on_cached_features_gives_the_same_losses(tmp_path, synthetic_t
     for uncached, cached in zip(*histories):
         for key in ("loss", "gcl_loss", "qcl_loss"):
             assert cached[key] == pytest.approx(uncached[key], abs=1e-5)
+
+
+def test_a_complete_cache_in_a_read_only_folder_is_read(tmp_path, synthetic_train,
+                                                        monkeypatch):
+    import builtins
+    import errno
+
+    import kdpvlpa.training.feature_cache as feature_cache
+
+    model, paths, cache, features = _filled_cache(tmp_path, synthetic_train, 4)
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if any(m in mode for m in "wa+"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(feature_cache, "open", read_only_open, raising=False)
+    again = FeatureCache(tmp_path, model, paths, progress=False).load()
+    np.testing.assert_array_equal(np.array(again), features)
+
+
+def test_a_full_disk_is_a_clear_error_before_any_row_is_written(tmp_path, synthetic_train,
+                                                                monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    model = tiny_model(synthetic_train.class_names)
+    cache = FeatureCache(tmp_path, model, synthetic_train.image_paths[:4], progress=False)
+    with pytest.raises(OSError, match="Not enough disk space for the feature cache"):
+        cache.load()
+    assert not list(tmp_path.rglob("*.npy"))  # no sparse file left to crash on

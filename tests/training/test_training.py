@@ -204,14 +204,14 @@ def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
 
     first = load_recipe("demo")
     first.save(tmp_path / "recipe.toml")
-    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "finetune").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "finetune" / "state.json").write_text("{}")
     _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
     with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
         _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
 
 
-def test_demo_template_captions_are_rewritten_when_the_template_changed(synthetic_root,
-                                                                         tmp_path):
+def test_demo_template_captions_always_match_the_split(synthetic_root, tmp_path):
     import llm_gen
     from kdpvlpa.training.pipeline import template_captions
 
@@ -224,6 +224,42 @@ def test_demo_template_captions_are_rewritten_when_the_template_changed(syntheti
     path.write_text(first.replace(f'"{llm_gen.TEMPLATE_VERSION}"', '"template-v0"'))
     template_captions(synthetic_root, path)
     assert path.read_text() == first
-    # The current version's file is resumed as it is.
+    # Captions of another synthetic set (a reused run folder) are replaced too.
+    path.write_text(first.replace("circle", "square"))
     template_captions(synthetic_root, path)
     assert path.read_text() == first
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_model_settings_that_do_not_fit_the_checkpoints_name_the_key():
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import PipelineError, build_model
+
+    tiny = ["model.vision_preset=tiny_random_vit", "model.qformer_preset=tiny_random_bert",
+            "model.num_query_tokens=4", "model.sequence_length=24"]
+    recipe = load_recipe("voc_lt", overrides=tiny + ["data.image_size=128"])
+    with pytest.raises(PipelineError, match="data.image_size is 128, but the encoder "
+                                            "'tiny_random_vit' takes 64 px"):
+        build_model(recipe, ["dog", "cat"])
+    recipe = load_recipe("voc_lt", overrides=tiny + ["data.image_size=64",
+                                                     "model.sequence_length=100000"])
+    with pytest.raises(PipelineError, match=r"\[model\] does not fit the checkpoints: "
+                                            "`sequence_length` must be between"):
+        build_model(recipe, ["dog", "cat"])
+
+
+def test_fine_tuning_settings_may_change_until_phase_2_starts(tmp_path):
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe
+
+    recipe = load_recipe("demo")
+    recipe.save(tmp_path / "recipe.toml")
+    (tmp_path / "checkpoints" / "pretrain").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "pretrain" / "state.json").write_text("{}")
+    _check_same_recipe(tmp_path, load_recipe("demo", ["finetune.learning_rate=1e-3"]))
+    with pytest.raises(PipelineError, match="pretrain.learning_rate"):
+        _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.learning_rate=1e-3"]))
+    (tmp_path / "checkpoints" / "finetune").mkdir()
+    (tmp_path / "checkpoints" / "finetune" / "state.json").write_text("{}")
+    with pytest.raises(PipelineError, match="finetune.learning_rate"):
+        _check_same_recipe(tmp_path, load_recipe("demo", ["finetune.learning_rate=1e-3"]))

@@ -17,7 +17,7 @@ from kdpvlpa.utils.hf_checkpoint import WeightReader, find_prefix, read_hf_confi
 NAMED_CONFIGS = {
     "tiny_random_vit": dict(
         patch_size=8, hidden_dim=64, num_layers=2, num_heads=4,
-        intermediate_dim=128, image_size=64, feature_layer=-1,
+        intermediate_dim=128, image_size=64,
     ),
 }
 
