@@ -1,9 +1,12 @@
 """Running one training phase with `fit`: optimizer, checkpoints, resume."""
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from kdpvlpa.training.batches import EpochSeed
 from kdpvlpa.training.optimizers import AdamW
@@ -60,6 +63,24 @@ def _write_json_atomic(path, obj):
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2)))
 
 
+def _check_free_space(folder, model):
+    """A full disk crashes HDF5 inside `save_weights` (a segmentation fault,
+    not an exception); refuse before writing when the checkpoint cannot fit."""
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    free = shutil.disk_usage(folder).free
+    # Metadata and a margin: HDF5 adds a little per dataset.
+    if free < needed * 1.05 + 16 * 2**20:
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough disk space for a checkpoint in {folder}: it needs about "
+            f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. The last "
+            "checkpoint is intact; free some space and rerun to resume.",
+        )
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model and optimizer state after every epoch, atomically.
 
@@ -77,6 +98,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             # `fit` was stopped inside this epoch: keep the last whole epoch.
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        _check_free_space(self.folder, self.model)
         atomic_write(self.folder / "last.weights.h5",
                      lambda tmp: self.model.save_weights(str(tmp)))
         history = []

@@ -113,6 +113,28 @@ def test_a_run_stopped_inside_an_epoch_keeps_the_last_whole_epoch(tmp_path, synt
     assert state["epochs_done"] == 1 and [h["epoch"] for h in state["history"]] == [1]
 
 
+def test_a_full_disk_stops_before_the_checkpoint_is_written(tmp_path, synthetic_train,
+                                                             monkeypatch):
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    calls = []
+
+    def disk_usage(path):  # room for the first checkpoint only
+        calls.append(path)
+        return usage(10**12, 0, 10**12 if len(calls) == 1 else 10**5)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    model = tiny_model(synthetic_train.class_names)
+    with pytest.raises(OSError, match="Not enough disk space for a checkpoint"):
+        train_phase(model, "pretrain", _batches(model, synthetic_train), 3,
+                    {"learning_rate": 1e-3}, tmp_path, verbose=0)
+    assert len(calls) == 2
+    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.weights.h5", "state.json"]
+
+
 def test_finished_phase_is_not_trained_again(tmp_path, synthetic_train):
     model = tiny_model(synthetic_train.class_names)
     first = train_phase(model, "pretrain", _batches(model, synthetic_train), 1,
