@@ -98,7 +98,7 @@ def _finish_record(record, raw, status, source, attempts, violations, log, backe
     return record
 
 
-def load_existing(out_path, split, items, shard, settings=None):
+def load_existing(out_path, split, shard, settings=None):
     """Repair and read an existing output file for a resumed run.
 
     Args:
@@ -267,7 +267,7 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         owned = not isinstance(backend, CaptionBackend)
         if not owned:
             settings = run_settings(backend)
-        records, message = load_existing(out_path, split, items, shard, settings)
+        records, message = load_existing(out_path, split, shard, settings)
         done = {record["image_id"] for record in records}
         if message:
             log(f"{out_path}: {message}")

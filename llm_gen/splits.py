@@ -151,25 +151,26 @@ def read_original_captions(path, image_ids=None):
     return result
 
 
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _check_split_types(data, source):
     def fail(key, expected):
         raise SplitError(f"Split file {source}: {key!r} must be {expected}.")
-
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
 
     names = data["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         fail("class_names", "a list of non-empty strings")
     ids = data["image_ids"]
-    if not isinstance(ids, list) or not all(isinstance(i, str) or is_int(i) for i in ids):
+    if not isinstance(ids, list) or not all(isinstance(i, str) or _is_int(i) for i in ids):
         fail("image_ids", "a list of strings or integers")
     labels = data["labels"]
     if not isinstance(labels, list) or not all(isinstance(row, list) for row in labels):
         fail("labels", "a list with one list of class indices per image")
     freq = data.get("class_freq")
     if freq is not None and (not isinstance(freq, list) or not all(
-            is_int(f) and f >= 0 for f in freq)):
+            _is_int(f) and f >= 0 for f in freq)):
         fail("class_freq", "a list of non-negative integers (training images per class)")
 
 
@@ -223,7 +224,7 @@ def load_split(dataset=None, split_file=None, original_captions=None,
         raise SplitError(f"Split file {source} repeats image ids.")
     num_classes = len(raw_names)
     for i, image_labels in enumerate(labels):
-        if not all(type(c) is int and 0 <= c < num_classes for c in image_labels):
+        if not all(_is_int(c) and 0 <= c < num_classes for c in image_labels):
             raise SplitError(
                 f"Split file {source}: labels of image {ids[i]!r} must be class "
                 f"indices in [0, {num_classes}), got {image_labels!r}."

@@ -10,9 +10,9 @@ class BackendError(RuntimeError):
 
 class FailedAnswer(str):
     """The answer to a prompt the engine refused (e.g. longer than the
-    model's context): empty text, with the engine's reason. The image is
-    retried and then gets the template caption, like an invalid answer,
-    instead of stopping the whole run."""
+    model's context): empty text, with the engine's reason. That image gets
+    the template caption at once, without retries (the same prompt would be
+    refused again), instead of stopping the whole run."""
 
     def __new__(cls, reason):
         answer = super().__new__(cls, "")
