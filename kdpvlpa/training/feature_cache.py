@@ -111,25 +111,21 @@ def _exclusive(lock_path):
             raise
         # A read-only cache folder: nobody can fill it, so nothing to wait
         # for; a complete cache is read, an incomplete one fails to write.
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"Waiting for another run that is filling {lock_path.parent}",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        _HELD.add(key)
-        try:
-            yield
-        finally:
-            _HELD.discard(key)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = None
+    _HELD.add(key)
+    try:
+        if handle is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"Waiting for another run that is filling {lock_path.parent}",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        _HELD.discard(key)
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def _reserve_disk_space(path):

@@ -6,7 +6,6 @@ the final `model.keras`, `metrics.json`, a per-class AP table and chart.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -122,11 +121,12 @@ def template_captions(data_dir, path):
         split_file=data_dir / "synthetic_lt_train.json",
         original_captions=data_dir / "synthetic_lt_train_captions.json",
     )
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.unlink(missing_ok=True)
-    llm_gen.generate_captions(split, make_backend("template"), tmp)
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp):
+        tmp.unlink(missing_ok=True)  # generate_captions would resume a leftover
+        llm_gen.generate_captions(split, make_backend("template"), tmp)
+
+    return atomic_write(path, write)
 
 
 def feature_source(model, paths, cache_dir, flips, batch_size, verbose):

@@ -33,9 +33,10 @@ def load_bert_tokenizer(folder):
 
 
 def _as_text(text):
-    if isinstance(text, (bytes, np.bytes_)):
+    # NumPy's str_ and bytes_ are subclasses of str and bytes.
+    if isinstance(text, bytes):
         return bytes(text).decode("utf-8")
-    if text is None or not isinstance(text, (str, np.str_)):
+    if not isinstance(text, str):
         raise TypeError(
             f"Texts must be strings. Received: {text!r} ({type(text).__name__})"
         )
