@@ -220,14 +220,20 @@ def test_run_folder_trained_on_other_captions_is_not_resumed(tmp_path):
         _check_same_captions(tmp_path, ["b", "a"], captions)
 
 
+def _start_phase(run_dir, phase):
+    """A run folder whose `phase` has begun checkpointing."""
+    folder = run_dir / "checkpoints" / phase
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "state.json").write_text("{}")
+
+
 def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe
 
     first = load_recipe("demo")
     first.save(tmp_path / "recipe.toml")
-    (tmp_path / "checkpoints" / "finetune").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "finetune" / "state.json").write_text("{}")
+    _start_phase(tmp_path, "finetune")
     _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
     with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
         _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
@@ -276,12 +282,10 @@ def test_fine_tuning_settings_may_change_until_phase_2_starts(tmp_path):
 
     recipe = load_recipe("demo")
     recipe.save(tmp_path / "recipe.toml")
-    (tmp_path / "checkpoints" / "pretrain").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "pretrain" / "state.json").write_text("{}")
+    _start_phase(tmp_path, "pretrain")
     _check_same_recipe(tmp_path, load_recipe("demo", ["finetune.learning_rate=1e-3"]))
     with pytest.raises(PipelineError, match="pretrain.learning_rate"):
         _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.learning_rate=1e-3"]))
-    (tmp_path / "checkpoints" / "finetune").mkdir()
-    (tmp_path / "checkpoints" / "finetune" / "state.json").write_text("{}")
+    _start_phase(tmp_path, "finetune")
     with pytest.raises(PipelineError, match="finetune.learning_rate"):
         _check_same_recipe(tmp_path, load_recipe("demo", ["finetune.learning_rate=1e-3"]))
