@@ -244,6 +244,77 @@ def test_config_round_trip_and_weight_copy():
     np.testing.assert_array_equal(clone.predict(images, verbose=0), expected)
 
 
+def _trainable_paths(model):
+    return sorted(v.path for v in model.trainable_weights)
+
+
+def test_layers_frozen_by_hand_stay_frozen_after_save_load_and_clone(tmp_path):
+    model = _tiny_model()
+    all_paths = _trainable_paths(model)
+    model.vision_proj.trainable = False
+    model.qformer.transformer_layers[0].trainable = False
+    frozen_paths = _trainable_paths(model)
+    assert len(frozen_paths) < len(all_paths) - 2
+    assert not any("vision_proj" in p for p in frozen_paths)
+
+    path = tmp_path / "frozen.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert _trainable_paths(restored) == frozen_paths
+    assert not restored.vision_proj.trainable
+    assert not restored.qformer.transformer_layers[0].trainable
+    assert restored.qformer.transformer_layers[1].trainable
+    assert _trainable_paths(keras.models.clone_model(model)) == frozen_paths
+
+    # A whole frozen Q-Former and a whole frozen model are kept as well.
+    qformer_config = keras.saving.serialize_keras_object(model.qformer)
+    model.qformer.trainable = False
+    assert not keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(model.qformer)
+    ).trainable
+    assert keras.saving.deserialize_keras_object(qformer_config).trainable
+    model.trainable = False
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert not restored.trainable and restored.trainable_weights == []
+
+
+def test_unknown_frozen_layer_in_a_config_is_refused():
+    config = _tiny_model().get_config()
+    config["frozen_layers"] = ["no_such_layer"]
+    with pytest.raises(ValueError, match="no_such_layer"):
+        DPVLPA.from_config(config)
+
+
+def test_unfreezing_the_model_keeps_the_encoder_and_the_phase_flags():
+    model = _tiny_model()
+    model.compile(optimizer="adamw", phase="pretrain")
+    expected = _trainable_paths(model)
+    assert not any(p.endswith("logit_scale") for p in expected)
+
+    model.trainable = False
+    assert model.trainable_weights == []
+    model.trainable = True
+    assert not model.image_encoder.trainable
+    assert _trainable_paths(model) == expected
+
+    model.compile(
+        optimizer="adamw", phase="finetune", class_freq=[5, 3, 1],
+        co_occurrence=co_occurrence_matrix(np.eye(3, dtype="float32")),
+    )
+    assert [p for p in _trainable_paths(model) if p not in expected] == sorted(
+        p for p in _trainable_paths(model) if p.endswith(("logit_scale", "logit_bias"))
+    )
+    assert not _tiny_model(trainable=False).trainable_weights
+
+
+def test_compile_refuses_an_unfrozen_image_encoder():
+    model = _tiny_model()
+    model.image_encoder.trainable = True
+    with pytest.raises(ValueError, match="image_encoder.trainable"):
+        model.compile(optimizer="adamw", phase="pretrain")
+
+
 # ----------------------------------------------------------------------
 # Vocabulary and class-embedding cache
 # ----------------------------------------------------------------------

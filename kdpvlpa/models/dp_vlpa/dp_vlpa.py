@@ -130,7 +130,7 @@ class DPVLPA(keras.Model):
         dtype=None,
         **kwargs,
     ):
-        kwargs.pop("trainable", None)
+        trainable = kwargs.pop("trainable", True)
         super().__init__(dtype=dtype, **kwargs)
         class_names = _check_class_names(class_names)
         if "{}" not in prompt_template:
@@ -187,6 +187,8 @@ class DPVLPA(keras.Model):
         self._class_embedding_cache = None
         self._prompt_tokens = None
         self.build()
+        if not trainable:
+            self.trainable = False
 
     def build(self, input_shape=None):
         if self.built:
@@ -463,9 +465,13 @@ class DPVLPA(keras.Model):
         self.tail_threshold = tail_threshold
         self.dqr_reweighting = bool(dqr_reweighting)
         self.classification_loss_options = dict(classification_loss_options or {})
-        # The classifier's scale and bias only receive gradients in phase 2.
-        self.logit_scale.trainable = phase == "finetune"
-        self.logit_bias.trainable = phase == "finetune"
+        if self.image_encoder.trainable:
+            raise ValueError(
+                "DP-VLPA keeps its CLIP image encoder frozen (the feature cache "
+                "and METHOD.md rely on it), but `image_encoder.trainable` is True. "
+                "Set `model.image_encoder.trainable = False`."
+            )
+        self._set_phase_trainable()
         names = ("gcl", "qcl") if phase == "pretrain" else ("cls", "gcl_dqr", "coa")
         # Kept out of Keras' layer tracking (the model is already built); the
         # `metrics` property exposes them so `fit` resets and logs them.
@@ -473,6 +479,67 @@ class DPVLPA(keras.Model):
             self, "loss_trackers", {n: keras.metrics.Mean(name=f"{n}_loss") for n in names}
         )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _set_phase_trainable(self):
+        # The classifier's scale and bias only receive gradients in phase 2.
+        if self.phase is not None and self.trainable:
+            self.logit_scale.trainable = self.phase == "finetune"
+            self.logit_bias.trainable = self.phase == "finetune"
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        # Keras sets every sub-layer and variable; the image encoder stays
+        # frozen whatever the model's flag, and the classifier's scale and
+        # bias follow the compiled phase.
+        keras.Model.trainable.fset(self, value)
+        if hasattr(self, "image_encoder"):
+            self.image_encoder.trainable = False
+        if hasattr(self, "logit_bias"):
+            self._set_phase_trainable()
+
+    def _frozen_layer_paths(self):
+        """Paths (`name/name/...`) of the frozen layers that own weights.
+
+        The image encoder is always frozen and left out. A frozen layer's
+        sub-layers are not listed: freezing it again freezes them.
+        """
+        paths = []
+
+        def walk(layer, prefix):
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                if child is self.image_encoder or not child.weights:
+                    continue
+                path = prefix + child.name
+                if not child.trainable:
+                    paths.append(path)
+                else:
+                    walk(child, path + "/")
+
+        walk(self, "")
+        return paths
+
+    def _freeze_layer_paths(self, paths):
+        found = set()
+
+        def walk(layer, prefix):
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                path = prefix + child.name
+                if path in paths:
+                    child.trainable = False
+                    found.add(path)
+                elif any(p.startswith(path + "/") for p in paths):
+                    walk(child, path + "/")
+
+        walk(self, "")
+        missing = sorted(set(paths) - found)
+        if missing:
+            raise ValueError(
+                f"`frozen_layers` names layers this model does not have: {missing}"
+            )
 
     @property
     def metrics(self):
@@ -607,6 +674,10 @@ class DPVLPA(keras.Model):
             "prompt_template": self.prompt_template,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            "trainable": self.trainable,
+            # Keras keeps only constructor arguments; these keep the layers
+            # a user froze by hand (`model.qformer.trainable = False`).
+            "frozen_layers": self._frozen_layer_paths() if self.trainable else [],
         }
 
     @classmethod
@@ -617,4 +688,7 @@ class DPVLPA(keras.Model):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)
+        frozen_layers = config.pop("frozen_layers", [])
+        model = cls(**config)
+        model._freeze_layer_paths(frozen_layers)
+        return model

@@ -244,9 +244,10 @@ class QFormerBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("trainable",):
-            config.pop(key, None)
-        return cls(**config)
+        trainable = config.pop("trainable", True)
+        backbone = cls(**config)
+        backbone.trainable = trainable
+        return backbone
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
