@@ -369,6 +369,12 @@ def validate_recipe(recipe):
             )
         low = 2 if key == "num_classes" else 10
         _check(value >= low, f"data.{key}", value, f">= {low}")
+    if d.num_classes is not None:
+        # The generator has one class per shape and colour.
+        from kdpvlpa.data.synthetic import MAX_CLASSES
+
+        _check(d.num_classes <= MAX_CLASSES, "data.num_classes", d.num_classes,
+               f"<= {MAX_CLASSES}")
     m = recipe.model
     for key in ("vision_preset", "qformer_preset"):
         _check(getattr(m, key).strip() != "", f"model.{key}", getattr(m, key), "non-empty")

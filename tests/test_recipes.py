@@ -114,6 +114,20 @@ def test_bad_overrides(override, message):
         load_recipe("voc_lt", overrides=[override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.num_classes=1", r"data.num_classes must be >= 2"),
+        ("data.num_classes=145", r"data.num_classes must be <= 144"),
+        ("data.num_train=9", r"data.num_train must be >= 10"),
+    ],
+)
+def test_bad_synthetic_sizes_are_refused_when_the_recipe_loads(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("demo", overrides=[override])
+    load_recipe("demo", overrides=["data.num_classes=144"])
+
+
 def test_overrides_use_toml_values():
     recipe = load_recipe("voc_lt", overrides=[
         "finetune.epochs=5", "pretrain.learning_rate=2e-4", "data.horizontal_flip=false",
