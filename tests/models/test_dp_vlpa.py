@@ -590,6 +590,11 @@ def test_finetune_validation_and_evaluate_need_no_captions():
     result = model.evaluate(test_images, test_labels, batch_size=4, verbose=0,
                             return_dict=True)
     assert "gcl_dqr_loss" not in result
+    plain = model.evaluate(test_images, test_labels, batch_size=4, verbose=0)
+    assert model.metrics_names == ["loss", "compile_metrics", "cls_loss", "coa_loss"]
+    np.testing.assert_allclose(
+        plain, [result["loss"], result["map"], result["cls_loss"], result["coa_loss"]]
+    )
     out = model(test_images)
     tau = ops.clip(model.temperature, 0.001, 0.5)
     cls = float(_np(classification_loss(test_labels, out["logits"])))

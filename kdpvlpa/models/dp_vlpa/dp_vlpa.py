@@ -72,7 +72,7 @@ class DPVLPA(keras.Model):
       on the same inputs with multi-hot targets. Validation data and
       `evaluate` may leave the captions out (test splits have none): their
       loss is then `L_CLS + λ₂·L_COA`, and `gcl_dqr_loss` is not reported
-      (use `evaluate(..., return_dict=True)`).
+      (nor listed in `metrics_names`).
 
     Args:
         image_encoder: `kdpvlpa.models.CLIPVisionEncoder`. Frozen.
@@ -543,7 +543,13 @@ class DPVLPA(keras.Model):
 
     @property
     def metrics(self):
-        trackers = list(getattr(self, "loss_trackers", {}).values())
+        # A term that was not computed since the last reset (GCL-DQR on data
+        # without captions) is left out, rather than logged as 0; so
+        # `metrics_names` matches `evaluate`'s plain list of results.
+        trackers = [
+            t for t in getattr(self, "loss_trackers", {}).values()
+            if float(ops.convert_to_numpy(t.count)) > 0 or t.name != "gcl_dqr_loss"
+        ]
         return super().metrics + trackers
 
     def loss_terms(self, y, y_pred, training=True):
@@ -619,13 +625,7 @@ class DPVLPA(keras.Model):
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if y is not None and "probabilities" in y_pred and self._compile_metrics is not None:
             self._compile_metrics.update_state(y, y_pred["probabilities"], sample_weight)
-        results = self.get_metrics_result()
-        # A term that was not computed (GCL-DQR on data without captions) is
-        # left out rather than logged as 0.
-        for tracker in getattr(self, "loss_trackers", {}).values():
-            if float(ops.convert_to_numpy(tracker.count)) == 0:
-                results.pop(tracker.name, None)
-        return results
+        return self.get_metrics_result()
 
     def train_step(self, data):
         # Class embeddings change with every update of the text path.
