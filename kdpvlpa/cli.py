@@ -199,7 +199,8 @@ def predict_command(images, model_path, top, classes, as_json, debug):
     """
     import numpy as np
 
-    from kdpvlpa.data import CorruptImageError, load_image
+    from kdpvlpa.data import CorruptImageError
+    from kdpvlpa.training import load_training_image
 
     names = None
     if classes is not None:
@@ -217,7 +218,9 @@ def predict_command(images, model_path, top, classes, as_json, debug):
     results, failed = {}, []
     for path in images:
         try:
-            pixels = load_image(path)
+            # The loader of training and evaluation, so an image gets the
+            # scores `kdpvlpa evaluate` gives it.
+            pixels = load_training_image(path, model.preprocessor.image_size)
         except (CorruptImageError, FileNotFoundError) as error:
             failed.append(str(error))
             continue

@@ -279,6 +279,31 @@ def test_predict_top_labels_json_and_open_vocabulary(tiny_run):
     assert all(0.0 <= p <= 1.0 for p in per_class.values())
 
 
+def test_predict_scores_an_image_as_evaluation_does(tiny_run, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import kdpvlpa.models  # noqa: F401  (registers the classes for loading)
+    import keras
+    from kdpvlpa.training import load_training_image
+
+    # A photo-like image larger than the model's input and not square, so it
+    # is cropped and resized.
+    pixels = np.random.default_rng(3).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    result = _invoke("predict", path, "--model", tiny_run["run"], "--json")
+    assert result.exit_code == 0, result.output
+    (got,) = json.loads(result.output).values()
+
+    model = keras.saving.load_model(tiny_run["run"] / "model.keras")
+    size = model.preprocessor.image_size
+    assert size < 90
+    expected = model.predict(load_training_image(path, size)[None], verbose=0)[0]
+    np.testing.assert_allclose([got[name] for name in model.class_names], expected,
+                               rtol=1e-6, atol=1e-7)
+
+
 def test_predict_reports_unreadable_images_after_the_others(tiny_run, tmp_path):
     images = sorted((tiny_run["data"] / "images" / "test").iterdir())[:2]
     broken = tmp_path / "broken.jpg"

@@ -102,6 +102,8 @@ class MeanAveragePrecision(keras.metrics.Metric):
         if name is None:
             name = "map" if group == "total" else f"map_{group}"
         super().__init__(name=name, dtype=dtype)
+        # Higher is better: EarlyStopping and ModelCheckpoint read this.
+        self._direction = "up"
         if class_freq is not None:
             class_freq = [int(n) for n in np.asarray(class_freq).tolist()]
             # Validates the counts and thresholds now rather than at the end

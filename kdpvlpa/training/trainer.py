@@ -35,6 +35,11 @@ def make_optimizer(total_steps, learning_rate=1e-4, weight_decay=0.05, warmup_st
         weight_decay: float. Decoupled weight decay.
         warmup_steps: int. Warm-up cap in steps.
         warmup_fraction: float. Warm-up cap as a fraction of `total_steps`.
+
+    The learning rate is a schedule, so callbacks that set it
+    (`ReduceLROnPlateau`, `LearningRateScheduler`) cannot be used with this
+    optimizer; `kdpvlpa.training.optimizers.AdamW` with a float learning
+    rate can.
     """
     if total_steps < 1:
         raise ValueError(f"`total_steps` must be at least 1. Received: {total_steps}")

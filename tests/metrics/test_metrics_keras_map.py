@@ -87,6 +87,22 @@ def test_fit_and_evaluate_report_map_of_the_validation_set():
     assert np.isfinite(history.history["map"][-1])
 
 
+def test_callbacks_know_that_higher_map_is_better(tmp_path):
+    x, y = make_data()
+    model = tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy",
+                  metrics=[MeanAveragePrecision()])
+    stopper = keras.callbacks.EarlyStopping(monitor="val_map", patience=5)
+    best = keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_map",
+                                           save_best_only=True)
+    model.fit(x[:40], y[:40], validation_data=(x[40:], y[40:]), batch_size=8, epochs=1,
+              verbose=0, callbacks=[stopper, best])
+    # No `mode="max"` given: both read the metric's direction.
+    assert stopper.monitor_op(2.0, 1.0) and not stopper.monitor_op(1.0, 2.0)
+    assert best.monitor_op(2.0, 1.0) and not best.monitor_op(1.0, 2.0)
+    assert (tmp_path / "best.keras").exists()
+
+
 def test_config_round_trip_and_errors():
     metric = MeanAveragePrecision(CLASS_FREQ, group="tail", name="tail_map")
     restored = keras.saving.deserialize_keras_object(

@@ -627,6 +627,9 @@ def test_bad_images_are_rejected():
         model(np.zeros((50, 70, 3), "float32"))
     with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
         model.preprocessor(np.zeros((2, 50, 70), "float32"))
+    # A list of images (a natural try for images of different sizes).
+    with pytest.raises(ValueError, match=r"not a list of 2 items.*resize"):
+        model([_images(1, 50, 70)[0], _images(1, 30, 40)[0]])
 
 
 def test_bad_constructor_arguments_are_rejected():
@@ -662,6 +665,26 @@ def test_bad_compile_arguments_are_rejected():
     with pytest.raises(ValueError, match=r"3 classes"):
         model.compile(phase="finetune", class_freq=[1, 2],
                       co_occurrence=co_occurrence_matrix(labels))
+    # The phase sets the loss: a Keras `loss` would be silently unused.
+    for key in ("loss", "loss_weights"):
+        with pytest.raises(ValueError, match=rf"does not take `{key}`"):
+            model.compile(phase="pretrain", **{key: "binary_crossentropy"})
+
+
+def test_sample_and_class_weights_are_refused_before_any_update():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="sample_weight.*class_weight"):
+        model.fit(x, labels, sample_weight=np.zeros(4), batch_size=4, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="class_weight.*argmax"):
+        model.fit(x, labels, class_weight={0: 1.0, 1: 2.0, 2: 3.0}, batch_size=4,
+                  epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.evaluate(x, labels, sample_weight=np.ones(4), batch_size=4, verbose=0)
+    for expected, got in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_temperature_stays_in_range_after_optimizer_steps():

@@ -353,6 +353,14 @@ class DPVLPA(keras.Model):
         return self.logit_scale * ops.max(similarity, axis=1) + self.logit_bias
 
     def call(self, inputs, training=False):
+        if isinstance(inputs, (list, tuple)):
+            raise ValueError(
+                "DPVLPA takes one (batch, height, width, 3) array of images or a "
+                f"dict of inputs, not a {type(inputs).__name__} of "
+                f"{len(inputs)} items. Stack images of one size with np.stack; "
+                "resize images of different sizes first (for example with "
+                "`kdpvlpa.training.load_training_image`)."
+            )
         if not isinstance(inputs, dict):
             inputs = {"images": inputs}
         if "image_features" in inputs and inputs["image_features"] is not None:
@@ -441,6 +449,13 @@ class DPVLPA(keras.Model):
         """
         if phase not in PHASES:
             raise ValueError(f"`phase` must be one of {PHASES}. Received: {phase!r}")
+        for key in ("loss", "loss_weights"):
+            if kwargs.pop(key, None) is not None:
+                raise ValueError(
+                    f"DPVLPA.compile does not take `{key}`: the phase sets the loss "
+                    "(pretrain: GCL + `qcl_weight`·QCL; finetune: CLS + "
+                    "`lambda_dqr`·GCL-DQR + `lambda_coa`·COA)."
+                )
         num_classes = len(self.class_names)
         if phase == "finetune":
             if class_freq is None or co_occurrence is None:
@@ -604,6 +619,15 @@ class DPVLPA(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.phase is None:
             raise RuntimeError("Call `compile(phase=...)` before training.")
+        if sample_weight is not None:
+            raise ValueError(
+                "DPVLPA's losses take no per-image weights, so `sample_weight` "
+                "and `class_weight` (which Keras turns into sample weights from "
+                "the argmax of the labels, meaningless for multi-label targets) "
+                "are not supported. The long tail is handled by DQR "
+                "(`lambda_dqr`) and the asymmetric loss "
+                "(`classification_loss_options`)."
+            )
         terms = self.loss_terms(y, y_pred, training=training)
         weights = {"gcl": 1.0, "qcl": self.qcl_weight, "cls": 1.0,
                    "gcl_dqr": self.lambda_dqr, "coa": self.lambda_coa}

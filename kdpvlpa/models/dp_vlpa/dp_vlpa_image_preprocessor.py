@@ -13,6 +13,12 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
     `image_size` (bicubic, as CLIP), scaled from [0, 255] to [0, 1], then
     normalised with the CLIP mean and standard deviation.
 
+    The resize is Keras' antialiased bicubic. It is close to, not equal to,
+    the PIL resize of `kdpvlpa.training.load_training_image`, which training,
+    evaluation and `kdpvlpa predict` use. Images already at `image_size`
+    pass through unchanged, so feed images from that loader for exactly the
+    scores of evaluation.
+
     Args:
         image_size: int. Output side length.
         mean: 3 floats. Per-channel mean, in [0, 1] units.
@@ -42,7 +48,7 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
             )
         x = ops.cast(images, "float32")
         if shape[1] != self.image_size or shape[2] != self.image_size:
-            # Antialiased, as PIL's resize in CLIP's pipeline and in
+            # Antialiased, like PIL's resize in CLIP's pipeline and in
             # `load_training_image`: plain bicubic aliases when downscaling.
             x = ops.image.resize(
                 x, (self.image_size, self.image_size),
