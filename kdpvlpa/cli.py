@@ -29,6 +29,11 @@ def _user_errors():
             PipelineError, OSError, ValueError, FloatingPointError)
 
 
+_RESUME_HINTS = {
+    "fit_command": " Rerun the same command to resume from the last finished epoch.",
+}
+
+
 def reports_errors(command):
     """Turns the library's input errors into `Error: ...` and exit code 1."""
 
@@ -36,9 +41,14 @@ def reports_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted." + _RESUME_HINTS.get(command.__name__, ""), err=True)
+            sys.exit(130)
         except _user_errors() as error:
             if kwargs.get("debug"):
                 raise
+            if isinstance(error, OSError) and error.strerror and error.filename:
+                error = f"{error.strerror}: {error.filename}"
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
 
@@ -107,6 +117,8 @@ def fit_command(recipe_name, data_dir, captions, phase, output, overrides, model
     """
     from kdpvlpa.recipes import load_recipe
 
+    if no_cache and cache_dir is not None:
+        raise click.UsageError("--cache-dir has no use with --no-cache: give one of them.")
     start = time.time()
     recipe = load_recipe(recipe_name, overrides=overrides)
     data_dir = data_dir or default_data_dir(recipe.data.dataset)
@@ -172,6 +184,13 @@ def load_model(path):
         path = path / "model.keras"
     if not path.is_file():
         raise FileNotFoundError(f"No trained model at {path} (run `kdpvlpa fit` first).")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a readable .keras file (corrupt or cut short). Rerun "
+            "`kdpvlpa fit`: it writes model.keras again from the last checkpoint."
+        )
     import keras
 
     import kdpvlpa.models  # noqa: F401  (registers the classes)
@@ -210,7 +229,8 @@ def predict_command(images, model_path, top, classes, as_json, debug):
                                      param_hint="--classes")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise click.BadParameter(f"{', '.join(repeated)} appear more than once.",
+            verb = "appears" if len(repeated) == 1 else "appear"
+            raise click.BadParameter(f"{', '.join(repeated)} {verb} more than once.",
                                      param_hint="--classes")
     model = load_model(model_path)
     if names is not None:

@@ -576,8 +576,18 @@ def load_recipe(name_or_path, overrides=()):
                 f"{', '.join(available_recipes()) or '(none)'}; or pass a path "
                 "to a .toml file."
             )
-    return load_recipe_text(path.read_text(encoding="utf-8"), name=path.stem,
-                            overrides=overrides)
+    from kdpvlpa.utils.files import read_text
+
+    try:
+        text = read_text(path, "Recipe file", RecipeError)
+    except OSError as error:
+        raise RecipeError(f"Recipe file {path} cannot be read: {error.strerror}") from None
+    try:
+        return load_recipe_text(text, name=path.stem, overrides=overrides)
+    except RecipeError as error:
+        if not is_path:
+            raise
+        raise RecipeError(f"{error} (file {path})") from None
 
 
 def saved_recipe_name(path):
@@ -586,7 +596,9 @@ def saved_recipe_name(path):
     A run folder's `recipe.toml` is named by its stem when loaded; this
     recovers the name of the recipe it was resolved from ("voc_lt").
     """
-    first = Path(path).read_text(encoding="utf-8").split("\n", 1)[0]
+    from kdpvlpa.utils.files import read_text
+
+    first = read_text(path, "Recipe file", RecipeError).split("\n", 1)[0]
     prefix = "# Resolved recipe "
     if not first.startswith(prefix):
         return None

@@ -62,7 +62,8 @@ _SPLIT_FILE = click.option(
 )
 
 
-@click.command("generate-captions")
+@click.command("generate-captions",
+               short_help="Write STAG captions for a training split as JSONL.")
 @_DATASET
 @_SPLIT_FILE
 @click.option("--original-captions", type=click.Path(dir_okay=False),
@@ -147,6 +148,12 @@ def generate_captions_command(dataset, split_file, original_captions,
         raise click.UsageError("--backend openai needs --base-url.")
     if engine_kwargs and backend != "vllm":
         raise click.UsageError("--engine-arg applies to the vllm backend only.")
+    if backend == "template" and model:
+        raise click.UsageError(
+            "--backend template writes the deterministic template captions and "
+            "uses no model; drop --model, or choose --backend vllm, transformers "
+            "or openai."
+        )
 
     split = _load_split_or_fail(dataset, split_file, original_captions, no_original_captions)
     sampling = SamplingSettings(temperature=temperature, top_p=top_p,
@@ -183,6 +190,10 @@ def generate_captions_command(dataset, split_file, original_captions,
             )
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted. Rerun the same command to resume: finished "
+                   "images are kept.", err=True)
+        sys.exit(130)
     click.echo(
         f"{out_path}: wrote {counts['written']} records (valid {counts['valid']}, "
         f"retried {counts['retried']}, fallback {counts['fallback']}); "

@@ -219,12 +219,78 @@ def test_finetune_alone_needs_a_finished_phase_one(tiny_run, tmp_path):
     # A phase 1 that stopped half-way is not a starting point either.
     pretrain = run / "checkpoints" / "pretrain"
     pretrain.mkdir(parents=True)
+    (run / "recipe.toml").write_bytes((tiny_run["run"] / "recipe.toml").read_bytes())
     (pretrain / "last.weights.h5").write_bytes(
         (tiny_run["run"] / "checkpoints" / "pretrain" / "last.weights.h5").read_bytes())
     (pretrain / "state.json").write_text(json.dumps(
         {"epochs_done": 1, "complete": False, "history": []}))
     result = _invoke(*_fit_args(tiny_run["data"], run), "--phase", "finetune")
     assert result.exit_code == 1 and "stopped after epoch 1" in result.output
+
+
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    return run
+
+
+def _snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_pretrain_phase_on_a_finished_run_keeps_the_fine_tuned_model(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    before = _snapshot(run)
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--phase", "pretrain")
+    assert result.exit_code == 1
+    assert "would replace the fine-tuned model.keras" in result.output
+    assert _snapshot(run) == before
+
+
+def test_a_run_folder_is_used_by_one_fit_at_a_time(tiny_run, tmp_path):
+    from kdpvlpa.utils.files import exclusive_lock
+
+    run = _copy_run(tiny_run, tmp_path)
+    before = _snapshot(run)
+    with exclusive_lock(run / ".lock", RuntimeError, "held by the test"):
+        result = _invoke(*_fit_args(tiny_run["data"], run))
+    assert result.exit_code == 1
+    assert f"Another `kdpvlpa fit` is using the run folder {run}" in result.output
+    assert _snapshot(run) == before
+
+
+def test_checkpoints_without_their_recipe_are_not_resumed(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "recipe.toml").unlink()
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--set", "model.num_query_tokens=2")
+    assert result.exit_code == 1 and "holds checkpoints but no recipe.toml" in result.output
+    assert not (run / "recipe.toml").exists()
+
+
+def test_interrupted_fit_says_how_to_resume(tmp_path, monkeypatch):
+    from kdpvlpa.training import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_recipe", interrupted)
+    result = _invoke(*_fit_args(tmp_path / "data", tmp_path / "run"))
+    assert result.exit_code == 130
+    assert "Interrupted. Rerun the same command to resume" in result.output
+
+
+def test_fit_option_and_folder_errors_are_one_line(tmp_path):
+    result = _invoke(*_fit_args(tmp_path / "data", tmp_path / "run"), "--no-cache",
+                     "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 2 and "--cache-dir has no use with --no-cache" in result.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _invoke(*_fit_args(tmp_path / "data", blocker / "run"))
+    assert result.exit_code == 1
+    assert f"Error: Not a directory: {blocker / 'run'}" in result.output, result.output
 
 
 def test_evaluate_reproduces_the_metrics(tiny_run):
@@ -319,12 +385,21 @@ def test_predict_reports_unreadable_images_after_the_others(tiny_run, tmp_path):
     (["--top", "0"], "--top"),
     (["--classes", "cat,,dog"], "an empty class name"),
     (["--classes", ""], "an empty class name"),
-    (["--classes", "cat, dog,cat"], "cat appear more than once"),
+    (["--classes", "cat, dog,cat"], "cat appears more than once"),
 ])
 def test_predict_refuses_bad_options(tiny_run, args, message):
     image = next((tiny_run["data"] / "images" / "test").iterdir())
     result = _invoke("predict", image, "--model", tiny_run["run"], *args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_predict_with_a_corrupt_model_file_says_so(tiny_run, tmp_path):
+    image = next((tiny_run["data"] / "images" / "test").iterdir())
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes((tiny_run["run"] / "model.keras").read_bytes()[:5000])
+    result = _invoke("predict", image, "--model", cut)
+    assert result.exit_code == 1
+    assert f"{cut} is not a readable .keras file (corrupt or cut short)" in result.stderr
 
 
 def test_predict_without_a_model_is_a_clean_error(tiny_run, tmp_path):

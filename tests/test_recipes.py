@@ -58,6 +58,22 @@ def test_frozen_and_round_trip(tmp_path):
     assert saved_recipe_name(plain) is None
 
 
+def test_recipe_files_in_other_encodings_or_broken_name_the_file(tmp_path):
+    text = load_recipe("demo").to_toml()
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_recipe(bom) == dataclasses.replace(load_recipe("demo"), name="bom")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(text.encode("utf-8") + b"# caf\xe9\n")
+    with pytest.raises(RecipeError, match=r"latin.toml is not UTF-8 text: byte 0xe9"):
+        load_recipe(latin)
+    broken = tmp_path / "run" / "recipe.toml"
+    broken.parent.mkdir()
+    broken.write_text(text[: len(text) // 2] + "\n[model\n")
+    with pytest.raises(RecipeError, match=rf"not valid TOML.*\(file {re.escape(str(broken))}\)"):
+        load_recipe(broken)
+
+
 def test_defaults_live_in_the_dataclass():
     recipe = load_recipe_text("[model]\nnum_query_tokens = 16\n")
     assert recipe.model.num_query_tokens == 16

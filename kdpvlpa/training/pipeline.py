@@ -14,7 +14,7 @@ import numpy as np
 # Only kdpvlpa.data at import time (no keras / torch): `kdpvlpa fit` with
 # missing data stops at the data check, at once.
 from kdpvlpa.data import load_caption_file, load_dataset, make_synthetic_lt
-from kdpvlpa.utils.files import atomic_write
+from kdpvlpa.utils.files import atomic_write, exclusive_lock
 
 # The paper's Table 1, DP-VLPA row (mAP %), for the run report.
 PAPER_TABLE1 = {
@@ -25,10 +25,10 @@ NAMED_PRESETS = ("tiny_random_vit", "tiny_random_bert", "minilm")
 PRESET_HINTS = {
     "vision_preset": "a CLIP ViT-B/16 checkpoint, e.g. openai/clip-vit-base-patch16 saved "
                      "with transformers' save_pretrained (or downloaded with "
-                     "`huggingface-cli download openai/clip-vit-base-patch16 --local-dir "
+                     "`hf download openai/clip-vit-base-patch16 --local-dir "
                      "models/clip-vit-base-patch16`)",
     "qformer_preset": "a BERT checkpoint, e.g. bert-base-uncased "
-                      "(`huggingface-cli download bert-base-uncased --local-dir "
+                      "(`hf download bert-base-uncased --local-dir "
                       "models/bert-base-uncased`)",
 }
 
@@ -267,14 +267,22 @@ def _check_same_recipe(output, recipe):
     from kdpvlpa.recipes import load_recipe
 
     saved = Path(output) / "recipe.toml"
-    if not saved.exists() or not (Path(output) / "checkpoints").exists():
+    started = {p for p in ("pretrain", "finetune")
+               if (Path(output) / "checkpoints" / p / "state.json").exists()}
+    if not saved.exists():
+        if started:
+            raise PipelineError(
+                f"The run folder {output} holds checkpoints but no recipe.toml, so "
+                "nothing tells which settings trained them. Choose a new --output, or "
+                "delete the folder to start over."
+            )
+        return
+    if not (Path(output) / "checkpoints").exists():
         return
     before = _flatten(load_recipe(saved).to_dict())
     now = _flatten(recipe.to_dict())
     # Only what the existing checkpoints depend on: fine-tuning settings may
     # still change while phase 2 has not started.
-    started = {p for p in ("pretrain", "finetune")
-               if (Path(output) / "checkpoints" / p / "state.json").exists()}
     ignored = ("eval.",) + tuple(f"{p}." for p in ("pretrain", "finetune")
                                  if p not in started)
     changed = sorted(k for k in set(before) | set(now)
@@ -349,11 +357,30 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     start = time.time()
     output = Path(output)
     train, test = load_data(recipe, data_dir, allow_missing=allow_missing)
-    _check_same_recipe(output, recipe)
+    output.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(
+        output / ".lock", PipelineError,
+        f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
+        "finish, or choose another --output.",
+    ):
+        return _run_in_folder(recipe, train, test, data_dir, output, phase, captions,
+                              models_dir, cache_dir, use_cache, verbose, start)
+
+
+def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, models_dir,
+                   cache_dir, use_cache, verbose, start):
+    """`run_recipe` once it holds the run folder's lock."""
     checkpoints = output / "checkpoints"
+    _check_same_recipe(output, recipe)
+    if phase == "pretrain" and (checkpoints / "finetune" / "state.json").exists():
+        raise PipelineError(
+            f"Phase 2 has checkpoints in {output}, so phase 1 is finished there, and "
+            "--phase pretrain would replace the fine-tuned model.keras and report with "
+            "phase 1's. Use --phase finetune or all to continue, or choose another "
+            "--output."
+        )
     if phase == "finetune" and recipe.pretrain.epochs > 0:
         _check_pretrained(checkpoints / "pretrain")
-    output.mkdir(parents=True, exist_ok=True)
     recipe.save(output / "recipe.toml")
 
     # Captions first: a caption file that misses images stops the run before

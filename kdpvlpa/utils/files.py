@@ -2,6 +2,8 @@
 run never leaves a half-written one."""
 
 import codecs
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -66,3 +68,23 @@ def atomic_write(path, write):
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, error, message):
+    """Holds an exclusive lock on `path` (created if needed) for the block.
+
+    The lock is the operating system's (`flock`): it goes with the process,
+    so a killed run never leaves a stale one behind.
+
+    Args:
+        path: str or `Path`. The lock file.
+        error: the exception class to raise when another process holds it.
+        message: str. The message of that exception.
+    """
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(message) from None
+        yield

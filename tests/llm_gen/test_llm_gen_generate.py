@@ -240,6 +240,10 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
                                   "--backend", "vllm", "--out", out])
     assert result.exit_code != 0 and "needs --model" in result.output
     result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                  "--backend", "template", "--model", "models/gemma",
+                                  "--out", out])
+    assert result.exit_code == 2 and "uses no model; drop --model" in result.output
+    result = runner.invoke(main, ["generate-captions", "--dataset", "voc_lt",
                                   "--backend", "vllm", "--model", "google/gemma-2-9b-it",
                                   "--out", out])
     assert result.exit_code != 0 and "is not a local folder" in result.output
@@ -420,3 +424,18 @@ def test_fallback_records_the_templates_own_violations(split, tmp_path, monkeypa
     assert record["status"] == "fallback" and record["caption"] == "too short"
     assert "the description has 2 words; it must have 50-80" in record["template_violations"]
     assert "the description has 2 words; it must have 50-80" not in record["violations"]
+
+
+def test_interrupted_generation_says_that_a_rerun_resumes(tmp_path, tiny_split_files,
+                                                          monkeypatch):
+    import llm_gen.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llm_gen.cli, "generate_captions", interrupted)
+    split_path, _ = tiny_split_files
+    result = CliRunner().invoke(main, ["generate-captions", "--split-file", str(split_path),
+                                       "--out", str(tmp_path / "c.jsonl"), "--quiet"])
+    assert result.exit_code == 130
+    assert "Interrupted. Rerun the same command to resume" in result.output
