@@ -48,7 +48,8 @@ def reports_errors(command):
             if kwargs.get("debug"):
                 raise
             if isinstance(error, OSError) and error.strerror and error.filename:
-                error = f"{error.strerror}: {error.filename}"
+                paths = [str(f) for f in (error.filename, error.filename2) if f]
+                error = f"{error.strerror}: {' -> '.join(paths)}"
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
 
@@ -187,10 +188,12 @@ def load_model(path):
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path} is not a readable .keras file (corrupt or cut short). Rerun "
-            "`kdpvlpa fit`: it writes model.keras again from the last checkpoint."
-        )
+        advice = "Save the model again."
+        if path.name == "model.keras" and (path.parent / "recipe.toml").is_file():
+            advice = ("Rerun `kdpvlpa fit` on its run folder: it writes model.keras "
+                      "again from the last checkpoint.")
+        raise ValueError(f"{path} is not a readable .keras file (corrupt or cut short). "
+                         + advice)
     import keras
 
     import kdpvlpa.models  # noqa: F401  (registers the classes)

@@ -583,11 +583,12 @@ def load_recipe(name_or_path, overrides=()):
     except OSError as error:
         raise RecipeError(f"Recipe file {path} cannot be read: {error.strerror}") from None
     try:
-        return load_recipe_text(text, name=path.stem, overrides=overrides)
+        recipe = load_recipe_text(text, name=path.stem)
     except RecipeError as error:
         if not is_path:
             raise
         raise RecipeError(f"{error} (file {path})") from None
+    return apply_overrides(recipe, overrides) if overrides else recipe
 
 
 def saved_recipe_name(path):

@@ -72,6 +72,10 @@ def test_recipe_files_in_other_encodings_or_broken_name_the_file(tmp_path):
     broken.write_text(text[: len(text) // 2] + "\n[model\n")
     with pytest.raises(RecipeError, match=rf"not valid TOML.*\(file {re.escape(str(broken))}\)"):
         load_recipe(broken)
+    # An error in an override is not the file's.
+    broken.write_text(text)
+    with pytest.raises(RecipeError, match=r"data.num_classes must be <= 144, got 999\.$"):
+        load_recipe(broken, overrides=["data.num_classes=999"])
 
 
 def test_defaults_live_in_the_dataclass():

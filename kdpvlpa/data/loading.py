@@ -138,7 +138,8 @@ def dataset_from_split(
             if len(scan.missing) < len(paths):
                 message += (
                     " To use only the images that are present, pass "
-                    "allow_missing=True (an explicit choice: results on a "
+                    "allow_missing=True (--allow-missing on the command line; an "
+                    "explicit choice: results on a "
                     "partial set do not compare with published ones)."
                 )
             raise MissingImagesError(message)

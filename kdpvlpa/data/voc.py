@@ -185,7 +185,7 @@ def load_voc_lt(
     Example:
     >>> train = load_voc_lt("data/voc", split="train")  # doctest: +SKIP
     >>> train.tail  # doctest: +SKIP
-    [0, 2, 3, 5, 9, 12, 16, 17]
+    [0, 2, 3, 5, 9, 12, 16, 18]
     """
     if split not in _YEAR_OF_SPLIT:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")

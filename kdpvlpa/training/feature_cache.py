@@ -131,6 +131,8 @@ def _exclusive(lock_path):
 def _reserve_disk_space(path):
     """Allocates the whole (sparse) features file now: a full disk is then an
     error here, not a crash (SIGBUS) when a later row is written."""
+    if not hasattr(os, "posix_fallocate"):
+        return  # macOS: rows are written as they come
     size = os.path.getsize(path)
     with open(path, "r+b") as handle:
         try:

@@ -26,7 +26,8 @@ PRESET_HINTS = {
     "vision_preset": "a CLIP ViT-B/16 checkpoint, e.g. openai/clip-vit-base-patch16 saved "
                      "with transformers' save_pretrained (or downloaded with "
                      "`hf download openai/clip-vit-base-patch16 --local-dir "
-                     "models/clip-vit-base-patch16`)",
+                     "models/clip-vit-base-patch16`; `huggingface-cli download` with "
+                     "an older huggingface_hub)",
     "qformer_preset": "a BERT checkpoint, e.g. bert-base-uncased "
                       "(`hf download bert-base-uncased --local-dir "
                       "models/bert-base-uncased`)",
@@ -357,14 +358,22 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     start = time.time()
     output = Path(output)
     train, test = load_data(recipe, data_dir, allow_missing=allow_missing)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(
-        output / ".lock", PipelineError,
-        f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
-        "finish, or choose another --output.",
-    ):
-        return _run_in_folder(recipe, train, test, data_dir, output, phase, captions,
-                              models_dir, cache_dir, use_cache, verbose, start)
+    try:
+        with exclusive_lock(
+            output / ".lock", PipelineError,
+            f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
+            "finish, or choose another --output.",
+        ):
+            return _run_in_folder(recipe, train, test, data_dir, output, phase, captions,
+                                  models_dir, cache_dir, use_cache, verbose, start)
+    except BaseException:
+        # A run refused before writing anything leaves no folder behind.
+        if created and [p.name for p in output.iterdir()] == [".lock"]:
+            (output / ".lock").unlink()
+            output.rmdir()
+        raise
 
 
 def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, models_dir,

@@ -503,6 +503,19 @@ def test_encoder_is_frozen_and_finetune_step_trains_the_rest():
     )
 
 
+def test_a_skipped_qcl_is_not_logged():
+    model = _tiny_model()
+    x, _ = _caption_batch(model)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-2), phase="pretrain",
+                  qcl_weight=0.0)
+    history = model.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "gcl_loss"}
+    np.testing.assert_allclose(history.history["loss"], history.history["gcl_loss"])
+    result = model.evaluate(x, batch_size=4, verbose=0, return_dict=True)
+    assert set(result) == {"loss", "gcl_loss"}
+    assert model.metrics_names == ["loss", "gcl_loss"]
+
+
 def test_pretrain_step_does_not_train_logit_scale_and_bias():
     model = _tiny_model()
     x, _ = _caption_batch(model)

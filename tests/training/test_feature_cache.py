@@ -195,3 +195,15 @@ def test_a_full_disk_is_a_clear_error_before_any_row_is_written(tmp_path, synthe
     with pytest.raises(OSError, match="Not enough disk space for the feature cache"):
         cache.load()
     assert not list(tmp_path.rglob("*.npy"))  # no sparse file left to crash on
+
+
+def test_a_system_without_fallocate_still_caches(tmp_path, synthetic_train, monkeypatch):
+    import os
+
+    # macOS has no os.posix_fallocate; the cache is then written row by row.
+    monkeypatch.delattr(os, "posix_fallocate")
+    model = tiny_model(synthetic_train.class_names)
+    paths = synthetic_train.image_paths[:4]
+    features = np.array(FeatureCache(tmp_path, model, paths, progress=False).load())
+    expected = model.encode_images(np.stack([load_training_image(p, 64) for p in paths]))
+    np.testing.assert_allclose(features[:, 0], np.asarray(expected), atol=1e-6)

@@ -229,8 +229,8 @@ class DPVLPA(keras.Model):
 
         Args:
             vision_preset: anything `CLIPVisionEncoder.from_preset` accepts
-                (a local Hugging Face CLIP folder, a keras-hub preset, a
-                kdpvlpa preset folder, or `"tiny_random_vit"`).
+                (a local Hugging Face CLIP folder, a local keras-hub CLIP
+                preset folder, a kdpvlpa preset folder, or `"tiny_random_vit"`).
             qformer_preset: anything `QFormerBackbone.from_preset` accepts
                 (a local BERT or BLIP-2 Q-Former folder, `"minilm"`,
                 `"tiny_random_bert"`); its tokenizer comes from the same place.
@@ -559,11 +559,12 @@ class DPVLPA(keras.Model):
     @property
     def metrics(self):
         # A term that was not computed since the last reset (GCL-DQR on data
-        # without captions) is left out, rather than logged as 0; so
-        # `metrics_names` matches `evaluate`'s plain list of results.
+        # without captions, QCL with `qcl_weight=0`) is left out, rather than
+        # logged as 0; so `metrics_names` matches `evaluate`'s plain list.
+        # Leaving an empty tracker out of a reset changes nothing.
         trackers = [
             t for t in getattr(self, "loss_trackers", {}).values()
-            if float(ops.convert_to_numpy(t.count)) > 0 or t.name != "gcl_dqr_loss"
+            if float(ops.convert_to_numpy(t.count)) > 0
         ]
         return super().metrics + trackers
 
@@ -685,7 +686,7 @@ class DPVLPA(keras.Model):
         # tokenise its prompts.
         if getattr(self.tokenizer, "vocabulary", None) is not None:
             tokenizer["config"]["vocabulary"] = list(self.tokenizer.get_vocabulary())
-        return {
+        config = {
             "name": self.name,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
             "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
@@ -698,11 +699,16 @@ class DPVLPA(keras.Model):
             "prompt_template": self.prompt_template,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
-            "trainable": self.trainable,
-            # Keras keeps only constructor arguments; these keep the layers
-            # a user froze by hand (`model.qformer.trainable = False`).
-            "frozen_layers": self._frozen_layer_paths() if self.trainable else [],
         }
+        # Keras keeps only constructor arguments; these keep the layers a user
+        # froze by hand (`model.qformer.trainable = False`). Written only when
+        # needed, so that other files stay readable by kdpvlpa 0.1.0.
+        frozen = self._frozen_layer_paths() if self.trainable else []
+        if not self.trainable:
+            config["trainable"] = False
+        if frozen:
+            config["frozen_layers"] = frozen
+        return config
 
     @classmethod
     def from_config(cls, config):
