@@ -109,6 +109,10 @@ _SPLIT_FILE = click.option(
               show_default=True, help="Prompts per generate() call (transformers).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
               help="Requests in flight (openai).")
+@click.option("--strict-validation", is_flag=True,
+              help="Beyond METHOD.md's rules, also refuse an answer that mentions a "
+                   "tail class without <tail> tags, or names a class the image "
+                   "lacks even untagged.")
 @click.option("--shard", "shard_spec", default=None, metavar="I/N",
               help="Handle shard I of N (0-based): every N-th image from the I-th.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -119,7 +123,8 @@ def generate_captions_command(dataset, split_file, original_captions,
                               base_url, api_key, tensor_parallel_size, engine_args,
                               chat_template, dtype, device, temperature, top_p,
                               max_tokens, seed, max_attempts, batch_size,
-                              micro_batch_size, concurrency, shard_spec, limit, quiet):
+                              micro_batch_size, concurrency, strict_validation,
+                              shard_spec, limit, quiet):
     """Write STAG captions (paper Fig. 3) for a training split as JSONL.
 
     Rerunning the same command resumes: finished images are skipped and a
@@ -186,7 +191,8 @@ def generate_captions_command(dataset, split_file, original_captions,
                 out_path, max_attempts=max_attempts, batch_size=batch_size,
                 shard=shard, limit=limit, progress=bar.update,
                 log=lambda message: click.echo(f"\n{message}", err=True),
-                settings=run_settings(backend, model, sampling),
+                settings=run_settings(backend, model, sampling, strict_validation),
+                strict_validation=strict_validation,
             )
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None

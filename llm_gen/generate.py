@@ -19,6 +19,12 @@ from llm_gen.validate import strip_tags, validate, word_count
 
 SCHEMA_VERSION = 1
 
+# The `validation` setting: METHOD.md's rules, or those plus the strict extras
+# (`validate(strict=True)`). Records written before the setting existed carry
+# no key; they were validated with the strict rules.
+VALIDATION_METHOD = "method"
+VALIDATION_STRICT = "strict"
+
 # Failed outputs are kept in the record for inspection, cut to this length.
 _MAX_LOGGED_OUTPUT = 2000
 
@@ -73,7 +79,7 @@ def _base_record(split, item):
 
 
 def _finish_record(record, raw, status, source, attempts, violations, log, backend,
-                   shard, seed):
+                   shard, seed, strict):
     record.update(
         caption=strip_tags(raw),
         raw_caption=raw,
@@ -89,6 +95,7 @@ def _finish_record(record, raw, status, source, attempts, violations, log, backe
     record.update(
         prompt_version=PROMPT_VERSION if not backend.is_template else None,
         template_version=TEMPLATE_VERSION if source == "template" else None,
+        validation=_validation_setting(backend.name, strict),
         sampling=None if backend.is_template else {
             **backend.sampling.as_dict(), "image_seed": seed,
         },
@@ -141,7 +148,15 @@ def load_existing(out_path, split, shard, settings=None):
     return records, message
 
 
-def run_settings(backend, model=None, sampling=None):
+def _validation_setting(backend_name, strict):
+    """The `validation` setting of a run: None for the template backend, whose
+    captions are valid under both rule sets."""
+    if backend_name == "template":
+        return None
+    return VALIDATION_STRICT if strict else VALIDATION_METHOD
+
+
+def run_settings(backend, model=None, sampling=None, strict_validation=False):
     """The settings that decide what a caption says, compared on resume.
 
     Args:
@@ -150,29 +165,44 @@ def run_settings(backend, model=None, sampling=None):
             backend resolves it itself (openai), which then goes unchecked
             until the backend is built.
         sampling: `SamplingSettings` or None. With a name.
+        strict_validation: bool. Whether answers are checked with
+            `validate(strict=True)`.
 
     Returns:
-        A dict with `backend`, `model`, `prompt_version` and `sampling`.
+        A dict with `backend`, `model`, `prompt_version`, `sampling` and
+        `validation` (`"method"` or `"strict"`; None for the template
+        backend).
     """
     if isinstance(backend, CaptionBackend):
         name, model, sampling = backend.name, backend.describe()["model"], backend.sampling
     else:
         name = backend
+    validation = _validation_setting(name, strict_validation)
     if name == "template":
         return {"backend": name, "model": TEMPLATE_VERSION, "prompt_version": None,
-                "sampling": None}
+                "sampling": None, "validation": validation}
     return {"backend": name, "model": model, "prompt_version": PROMPT_VERSION,
-            "sampling": (sampling or SamplingSettings()).as_dict()}
+            "sampling": (sampling or SamplingSettings()).as_dict(),
+            "validation": validation}
 
 
 def record_settings(record):
-    """The `run_settings` a record was written with."""
+    """The `run_settings` a record was written with.
+
+    A record without a `validation` key predates the setting: an LLM
+    backend's was validated with the strict rules.
+    """
     sampling = record.get("sampling")
     if isinstance(sampling, dict):
         # Each image has its own seed, derived from the base seed kept here.
         sampling = {k: v for k, v in sampling.items() if k != "image_seed"}
+    if "validation" in record:
+        validation = record["validation"]
+    else:
+        validation = _validation_setting(record.get("backend"), strict=True)
     return {"backend": record.get("backend"), "model": record.get("model"),
-            "prompt_version": record.get("prompt_version"), "sampling": sampling}
+            "prompt_version": record.get("prompt_version"), "sampling": sampling,
+            "validation": validation}
 
 
 def _model_key(model):
@@ -202,25 +232,29 @@ def check_settings(out_path, records, settings):
     """Refuse to add records written with other settings to a file.
 
     A resumed file would otherwise mix, say, template captions with an LLM's,
-    or two models', without a word. The template version of fallback records
-    is not compared: only the template backend's own.
+    two models', or captions checked with other validation rules, without a
+    word. The template version of fallback records is not compared: only the
+    template backend's own.
     """
     for record in records:
         found = record_settings(record)
         key = differing_setting(found, settings)
         if key is not None:
+            hint = (" (--strict-validation gives 'strict'; records written "
+                    "before the setting existed read as 'strict')"
+                    if key == "validation" else "")
             raise CaptionFileError(
                 f"{out_path} was written with {key} {found[key]!r} (image "
                 f"{record.get('image_id')!r}), but this run uses {key} "
                 f"{settings[key]!r}. Resuming would mix captions made with "
                 "different settings in one file: give another --out, or rerun "
-                "with the file's settings."
+                f"with the file's settings{hint}."
             )
 
 
 def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=512,
                       shard=Shard(), limit=None, progress=None, log=None,
-                      settings=None):
+                      settings=None, strict_validation=False):
     """Write one caption record per image of a split, resuming a partial file.
 
     Args:
@@ -241,7 +275,13 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         settings: dict or None. With a backend factory: `run_settings` of the
             backend it will build, so that a file written with other settings
             is refused before the model loads, even when nothing is pending.
-            The built backend's settings are checked in any case.
+            The built backend's settings are checked in any case. Its
+            `validation` is taken from `strict_validation`.
+        strict_validation: bool. Check answers with `validate(strict=True)`:
+            every mention of a tail class tagged, and no class the image lacks
+            mentioned even untagged, beyond METHOD.md's rules. Stored in each
+            record as `validation` (`"strict"` or `"method"`; None for the
+            template backend).
 
     Returns:
         A dict: counts of `written`, `skipped` and each status.
@@ -249,7 +289,7 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
     Raises:
         CaptionFileError: the file is malformed, belongs to another split or
             shard, or was written with other settings (backend, model, prompt
-            version or sampling).
+            version, sampling or validation).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")
@@ -266,7 +306,10 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
     try:
         owned = not isinstance(backend, CaptionBackend)
         if not owned:
-            settings = run_settings(backend)
+            settings = run_settings(backend, strict_validation=strict_validation)
+        elif settings is not None:
+            settings = {**settings, "validation": _validation_setting(
+                settings.get("backend"), strict_validation)}
         records, message = load_existing(out_path, split, shard, settings)
         done = {record["image_id"] for record in records}
         if message:
@@ -291,15 +334,18 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         try:
             if owned and done:
                 # The model name an openai server reports is known only now.
-                check_settings(out_path, records, run_settings(backend))
+                check_settings(out_path, records,
+                               run_settings(backend, strict_validation=strict_validation))
             size = batch_size if batch_size and batch_size > 0 else len(pending)
             for start in range(0, len(pending), size):
                 batch = pending[start:start + size]
                 if backend.is_template:
                     for item in batch:
-                        emit(_template_record(split, item, backend, shard))
+                        emit(_template_record(split, item, backend, shard,
+                                              strict_validation))
                 else:
-                    _run_batch(split, batch, backend, max_attempts, shard, emit)
+                    _run_batch(split, batch, backend, max_attempts, shard, emit,
+                               strict_validation)
                 writer.sync()
         finally:
             if owned:
@@ -316,17 +362,18 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
     return counts
 
 
-def _template_record(split, item, backend, shard):
+def _template_record(split, item, backend, shard, strict):
     raw = template_caption(item)
-    violations = validate(raw, item.labels, item.tail_labels, split.class_names)
+    violations = validate(raw, item.labels, item.tail_labels, split.class_names,
+                          strict=strict)
     record = _base_record(split, item)
     return _finish_record(
         record, raw, "valid" if not violations else "fallback", "template", 0,
-        violations, None, backend, shard, None,
+        violations, None, backend, shard, None, strict,
     )
 
 
-def _run_batch(split, batch, backend, max_attempts, shard, emit):
+def _run_batch(split, batch, backend, max_attempts, shard, emit, strict):
     history = {item.image_id: [] for item in batch}
     last_seed = {}
     active = list(batch)
@@ -355,7 +402,8 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
                     (output, [f"the model could not answer this prompt ({output.reason})"])
                 )
                 continue
-            violations = validate(output, item.labels, item.tail_labels, split.class_names)
+            violations = validate(output, item.labels, item.tail_labels,
+                                  split.class_names, strict=strict)
             if not violations:
                 failed = [
                     {"output": o[:_MAX_LOGGED_OUTPUT], "violations": v}
@@ -364,7 +412,7 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
                 record = _base_record(split, item)
                 emit(_finish_record(
                     record, output, "valid" if attempt == 1 else "retried", "llm",
-                    attempt, [], failed, backend, shard, seed,
+                    attempt, [], failed, backend, shard, seed, strict,
                 ))
             else:
                 history[item.image_id].append((output, violations))
@@ -386,11 +434,12 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit):
         record = _finish_record(
             record, raw, "fallback", "template", len(failed),
             failed[-1]["violations"], failed, backend, shard,
-            last_seed[item.image_id],
+            last_seed[item.image_id], strict,
         )
         # `violations` are the last LLM answer's; the template's own, if any
         # (too many labels for 80 words), are kept apart.
-        template_violations = validate(raw, item.labels, item.tail_labels, split.class_names)
+        template_violations = validate(raw, item.labels, item.tail_labels,
+                                       split.class_names, strict=strict)
         if template_violations:
             record["template_violations"] = template_violations
         emit(record)

@@ -1,11 +1,14 @@
 """Checking a generated description against the STAG rules (METHOD.md).
 
-A description is valid when every tail class of the image is mentioned inside
-`<tail>...</tail>`, every mention of a tail class is tagged, no absent class and
-no non-tail class is tagged, the tags are well formed, no dataset class that the
-image lacks is mentioned at all, and the clean text (tags removed) has 50-80
-words. `validate` returns the broken rules as sentences that are fed back to
-the model on a retry.
+By default a description is valid when every tail class of the image is
+mentioned inside `<tail>...</tail>`, no absent class and no non-tail class is
+tagged, the tags are well formed, and the clean text (tags removed) has 50-80
+words: METHOD.md's rules. Well formed includes that no tag sits between two
+letters, which would join or split words of the clean text (our reading).
+`strict=True` adds two rules: every mention of a tail class is tagged, and no
+dataset class that the image lacks is mentioned at all, even untagged.
+`validate` returns the broken rules as sentences that are fed back to the
+model on a retry.
 """
 
 import functools
@@ -206,18 +209,28 @@ def parse_tags(text):
 
 
 def validate(text, labels, tail_labels, class_names,
-             min_words=MIN_WORDS, max_words=MAX_WORDS):
+             min_words=MIN_WORDS, max_words=MAX_WORDS, strict=False):
     """Check a generated description against the STAG rules.
+
+    The default rules are METHOD.md's: every tail class of the image is
+    mentioned inside `<tail>` tags; no absent class, no non-tail class and no
+    span naming no class is tagged; the tags are well formed (exactly
+    `<tail>` / `</tail>`, paired, not nested, not empty, no other tag, and no
+    tag between two letters, which would join or split words of the clean
+    text); and the clean text has `min_words`-`max_words` words.
 
     Args:
         text: str. The raw model output, with `<tail>` tags.
         labels: iterable of str. The image's class names.
         tail_labels: iterable of str. The image's tail classes (a subset of
             `labels`).
-        class_names: iterable of str. Every class of the dataset; mentions of
-            those not in `labels` are violations.
+        class_names: iterable of str. Every class of the dataset; those not in
+            `labels` may not be tagged (nor, with `strict`, mentioned).
         min_words: int. Fewest words of the clean text.
         max_words: int. Most words of the clean text.
+        strict: bool. Also require that every mention of a tail class is
+            tagged, and that no class the image lacks is mentioned even
+            without tags (rules beyond METHOD.md).
 
     Returns:
         A list of violations, each a sentence; empty when the text is valid.
@@ -266,35 +279,41 @@ def validate(text, labels, tail_labels, class_names,
         if name.lower() in tail and name.lower() not in tagged_tail:
             violations.append(f"tail class '{name}' is not mentioned inside <tail> tags")
 
-    # Mentions outside the tagged spans, on the raw text with the tags blanked
-    # out (same length, so positions stay comparable).
-    blanked = _TAG_RE.sub(lambda m: " " * len(m.group(0)), text)
-    inside = [(s, e) for s, e in spans]
-    untagged_tail = []
-    unlabeled = []
-    for name, s, e in find_mentions(blanked, all_classes):
-        if any(a <= s and e <= b for a, b in inside):
-            continue
-        key = name.lower()
-        if key not in present:
-            unlabeled.append(name)
-        elif key in tail:
-            untagged_tail.append(name)
-    for name in dict.fromkeys(untagged_tail):
-        violations.append(
-            f"tail class '{name}' is mentioned without <tail> tags; wrap every "
-            "mention of a tail class"
-        )
-    for name in dict.fromkeys(unlabeled):
-        violations.append(
-            f"mentions '{name}', which is not in the image's labels"
-        )
+    if strict:
+        violations.extend(_untagged_violations(text, spans, all_classes, present, tail))
 
     words = word_count(strip_tags(text))
     if not min_words <= words <= max_words:
         violations.append(
             f"the description has {words} words; it must have {min_words}-{max_words}"
         )
+    return violations
+
+
+def _untagged_violations(text, spans, all_classes, present, tail):
+    """The strict rules: mentions outside the tagged spans, found on the raw
+    text with the tags blanked out (same length, so positions stay
+    comparable)."""
+    blanked = _TAG_RE.sub(lambda m: " " * len(m.group(0)), text)
+    untagged_tail = []
+    unlabeled = []
+    for name, s, e in find_mentions(blanked, all_classes):
+        if any(a <= s and e <= b for a, b in spans):
+            continue
+        key = name.lower()
+        if key not in present:
+            unlabeled.append(name)
+        elif key in tail:
+            untagged_tail.append(name)
+    violations = [
+        f"tail class '{name}' is mentioned without <tail> tags; wrap every "
+        "mention of a tail class"
+        for name in dict.fromkeys(untagged_tail)
+    ]
+    violations.extend(
+        f"mentions '{name}', which is not in the image's labels"
+        for name in dict.fromkeys(unlabeled)
+    )
     return violations
 
 

@@ -439,3 +439,157 @@ def test_interrupted_generation_says_that_a_rerun_resumes(tmp_path, tiny_split_f
                                        "--out", str(tmp_path / "c.jsonl"), "--quiet"])
     assert result.exit_code == 130
     assert "Interrupted. Rerun the same command to resume" in result.output
+
+
+def mentions_untagged(conversation, attempt):
+    """A valid answer plus an untagged mention of an absent class (and of its
+    tail class): valid by METHOD.md's rules, not by the strict ones."""
+    labels, tails = labels_from_prompt(conversation)
+    absent = "bus" if "bus" not in labels else "dog"
+    extra = f" A {absent} waits." + (f" The {tails[0]} rests." if tails else "")
+    return always_valid(conversation, attempt) + extra
+
+
+def test_strict_validation_decides_validity_and_is_recorded(split, tmp_path):
+    out = tmp_path / "method.jsonl"
+    counts = generate_captions(split, ScriptedBackend(mentions_untagged), out, limit=3)
+    assert counts["valid"] == 3
+    records = read(out)
+    assert {r["validation"] for r in records} == {"method"}
+    assert "A bus waits. The surfboard rests." in records[0]["caption"]
+
+    out = tmp_path / "strict.jsonl"
+    counts = generate_captions(split, ScriptedBackend(mentions_untagged), out, limit=3,
+                               max_attempts=2, strict_validation=True)
+    assert counts["fallback"] == 3
+    records = read(out)
+    assert {r["validation"] for r in records} == {"strict"}
+    first = records[0]
+    assert first["violations"] == [
+        "tail class 'surfboard' is mentioned without <tail> tags; wrap every mention "
+        "of a tail class",
+        "mentions 'bus', which is not in the image's labels",
+    ]
+    assert first["source"] == "template" and "template_violations" not in first
+
+
+def test_resuming_with_the_other_validation_is_refused(split, tmp_path):
+    from llm_gen.generate import run_settings
+
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3,
+                      strict_validation=True)
+    before = out.read_bytes()
+    with pytest.raises(CaptionFileError, match="written with validation 'strict'.*"
+                       "this run uses validation 'method'.*--strict-validation"):
+        generate_captions(split, ScriptedBackend(always_valid), out)
+
+    # With a factory, the file is refused before the backend is built, even when
+    # the settings given were made for the other validation.
+    def must_not_build():
+        raise AssertionError("the backend was built")
+
+    settings = run_settings("scripted", "scripted-model",
+                            ScriptedBackend(always_valid).sampling, strict_validation=True)
+    with pytest.raises(CaptionFileError, match="this run uses validation 'method'"):
+        generate_captions(split, must_not_build, out, settings=settings)
+    assert out.read_bytes() == before
+    assert generate_captions(split, ScriptedBackend(always_valid), out,
+                             strict_validation=True)["written"] == 9
+
+    out = tmp_path / "m.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    with pytest.raises(CaptionFileError, match="written with validation 'method'.*"
+                       "this run uses validation 'strict'"):
+        generate_captions(split, ScriptedBackend(always_valid), out, strict_validation=True)
+
+
+def test_records_without_the_setting_read_as_strict(split, tmp_path):
+    from llm_gen.generate import record_settings
+    from llm_gen.stats import merge_shards
+
+    # Before the setting existed, answers were checked with the strict rules.
+    old = tmp_path / "old.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), old, limit=3,
+                      strict_validation=True)
+    records = read(old)
+    old.write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "validation"}) + "\n"
+        for r in records))
+    assert record_settings(read(old)[0])["validation"] == "strict"
+    before = old.read_bytes()
+    with pytest.raises(CaptionFileError, match="written with validation 'strict'"):
+        generate_captions(split, ScriptedBackend(always_valid), old)
+    assert old.read_bytes() == before
+
+    # merge compares the same way: an old shard joins a strict one, not a default one.
+    shards = {}
+    for name, strict, index in [("strict", True, 1), ("method", False, 1)]:
+        path = tmp_path / f"{name}.jsonl"
+        generate_captions(split, ScriptedBackend(always_valid), path, strict_validation=strict,
+                          shard=Shard(index, 2))
+        shards[name] = path
+    old0 = tmp_path / "old0.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), old0, shard=Shard(0, 2),
+                      strict_validation=True)
+    old0.write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "validation"}) + "\n"
+        for r in read(old0)))
+    assert merge_shards([old0, shards["strict"]], tmp_path / "ok.jsonl", split=split) == 12
+    with pytest.raises(CaptionFileError, match="Cannot merge.*with validation 'strict'.*"
+                       "'method'"):
+        merge_shards([old0, shards["method"]], tmp_path / "bad.jsonl", split=split)
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_template_backend_records_no_validation_setting(split, tmp_path):
+    from llm_gen.backends import make_backend
+
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, make_backend("template"), out, limit=4)
+    assert {r["validation"] for r in read(out)} == {None}
+    # Its captions are valid under both rule sets: the setting is not compared,
+    # and records written before it existed resume too.
+    counts = generate_captions(split, make_backend("template"), out, limit=8,
+                               strict_validation=True)
+    assert counts["written"] == 4 and counts["valid"] == 4
+    out.write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "validation"}) + "\n"
+        for r in read(out)))
+    assert generate_captions(split, make_backend("template"), out)["written"] == 4
+
+
+class _ServedScripted(ScriptedBackend):
+    name = "openai"  # what the CLI asked for, so only validation differs
+
+
+def test_cli_strict_validation_reaches_the_records(tmp_path, tiny_split_files,
+                                                   monkeypatch):
+    import llm_gen.cli
+
+    split_path, _ = tiny_split_files
+    # The CLI builds the scripted backend in place of an openai one.
+    monkeypatch.setattr(llm_gen.cli, "make_backend",
+                        lambda name, **kwargs: _ServedScripted(mentions_untagged))
+    runner = CliRunner()
+    args = ["generate-captions", "--split-file", str(split_path), "--backend", "openai",
+            "--base-url", "http://127.0.0.1:9/v1", "--quiet", "--max-attempts", "1"]
+    for flag, status, validation in [([], "valid", "method"),
+                                     (["--strict-validation"], "fallback", "strict")]:
+        out = tmp_path / f"{validation}.jsonl"
+        result = runner.invoke(main, args + ["--out", str(out), "--limit", "3"] + flag)
+        assert result.exit_code == 0, result.output
+        records = read(out)
+        assert {r["status"] for r in records} == {status}
+        assert {r["validation"] for r in records} == {validation}
+    # Resuming the strict file without the flag is refused; with it, it resumes.
+    strict = tmp_path / "strict.jsonl"
+    result = runner.invoke(main, args + ["--out", str(strict)])
+    assert result.exit_code != 0
+    assert "written with validation 'strict'" in result.output
+    assert "this run uses validation 'method'" in result.output
+    assert len(read(strict)) == 3
+    result = runner.invoke(main, args + ["--out", str(strict), "--limit", "4",
+                                         "--strict-validation"])
+    assert result.exit_code == 0, result.output
+    assert [r["validation"] for r in read(strict)] == ["strict"] * 4

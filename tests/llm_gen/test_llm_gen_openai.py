@@ -74,10 +74,12 @@ def test_openai_backend_end_to_end(server, tmp_path, tiny_split_files):
         "generate-captions", "--split-file", str(split_path), "--original-captions",
         str(captions_path), "--base-url", server, "--out", str(out),
         "--max-attempts", "2", "--seed", "7", "--concurrency", "4",
+        "--strict-validation",
     ])
     assert result.exit_code == 0, result.output
     records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(records) == 12
+    assert {r["validation"] for r in records.values()} == {"strict"}
     by_status = {s: sorted(i for i, r in records.items() if r["status"] == s)
                  for s in ("valid", "retried", "fallback")}
     # Labels cycle: images 3 and 11 have "hot dog"; 4 and 6 have "bus".
@@ -98,6 +100,24 @@ def test_openai_backend_end_to_end(server, tmp_path, tiny_split_files):
     assert first["model"] == "tiny-served" and first["temperature"] == 0.7
     assert first["top_p"] == 0.9 and first["max_tokens"] == 256
     assert len({r["seed"] for r in _Handler.requests}) == 16
+
+
+def test_openai_backend_checks_method_rules_by_default(server, tmp_path,
+                                                      tiny_split_files):
+    split_path, _ = tiny_split_files
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--base-url", server,
+        "--out", str(out), "--max-attempts", "1", "--limit", "4", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    records = {r["image_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {r["validation"] for r in records.values()} == {"method"}
+    # "A dog and a hot dog.": the untagged mention is not a rule of its own here.
+    assert records["img_003"]["violations"] == [
+        "tail class 'hot dog' is not mentioned inside <tail> tags",
+        "the description has 6 words; it must have 50-80",
+    ]
 
 
 def test_openai_server_down_is_a_clear_error(tmp_path, tiny_split_files):

@@ -50,7 +50,9 @@ def test_missing_tail_class():
 
 def test_untagged_mention_of_a_tail_class():
     text = SURF_GOOD + " Later the surfboard drifts away."
-    v = validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME)
+    # METHOD.md asks for a tagged mention, not for every mention tagged.
+    assert validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME) == []
+    v = validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME, strict=True)
     assert v == ["tail class 'surfboard' is mentioned without <tail> tags; wrap "
                  "every mention of a tail class"]
 
@@ -70,8 +72,35 @@ def test_absent_class_tagged_and_mentioned():
 
 def test_unlabeled_class_mentioned_without_tag():
     text = SURF_GOOD + " Two dogs run along the shore."
-    v = validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME)
+    # METHOD.md forbids tagging an absent class, not naming it.
+    assert validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME) == []
+    v = validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME, strict=True)
     assert v == ["mentions 'dog', which is not in the image's labels"]
+
+
+def test_default_rules_still_apply_beside_untagged_mentions():
+    # Untagged mentions pass by default, but the other rules still hold.
+    labels, tails = ["person", "surfboard"], ["surfboard"]
+    untagged_only = pad("A person waits on the beach with a surfboard while two dogs "
+                        "run past.")
+    assert validate(untagged_only, labels, tails, COCO_SOME) == [
+        "tail class 'surfboard' is not mentioned inside <tail> tags"]
+    text = SURF_GOOD + " Two dogs chase a <tail>dog</tail> and the <tail>person</tail>."
+    v = validate(text, labels, tails, COCO_SOME)
+    assert v == ["'dog' is tagged <tail> but is not in the image's labels",
+                 "'person' is tagged <tail> but is not a tail class; tag only tail classes"]
+    glued = SURF_GOOD + " Later the surfboard and a<tail>surfboard</tail> drift."
+    v = validate(glued, labels, tails, COCO_SOME)
+    assert len(v) == 1 and "a tag between two letters" in v[0]
+    short = "A <tail>surfboard</tail> and two dogs."
+    assert validate(short, labels, tails, COCO_SOME) == [
+        "the description has 5 words; it must have 50-80"]
+    # Strict adds its two rules to the same list.
+    v = validate(text, labels, tails, COCO_SOME, strict=True)
+    assert v[:2] == ["'dog' is tagged <tail> but is not in the image's labels",
+                     "'person' is tagged <tail> but is not a tail class; tag only "
+                     "tail classes"]
+    assert v[2:] == ["mentions 'dog', which is not in the image's labels"]
 
 
 def test_tag_around_no_class():
@@ -120,11 +149,12 @@ def test_plurals_count_as_mentions():
     assert validate(text, ["person", "surfboard"], ["surfboard"], COCO_SOME) == []
     buses = pad("Three <tail>buses</tail> wait at the stop while a person boards.")
     assert validate(buses, ["bus", "person"], ["bus"], VOC) == []
-    # "buses" outside tags is an untagged tail mention.
-    v = validate(buses + " More buses arrive.", ["bus", "person"], ["bus"], VOC)
+    # "buses" outside tags is an untagged tail mention (a strict rule).
+    v = validate(buses + " More buses arrive.", ["bus", "person"], ["bus"], VOC,
+                 strict=True)
     assert any("'bus' is mentioned without <tail> tags" in x for x in v)
     knives = pad("Two knives rest beside a person at the counter.")
-    v = validate(knives, ["person"], [], COCO_SOME)
+    v = validate(knives, ["person"], [], COCO_SOME, strict=True)
     assert "mentions 'knife', which is not in the image's labels" in v
 
 
@@ -147,7 +177,7 @@ def test_longer_class_wins_over_contained_one():
     # "hot dog" is not a mention of "dog".
     assert validate(text, ["hot dog", "person"], ["hot dog"], COCO_SOME) == []
     teddy = pad("A child hugs a teddy bear on the bed while a person smiles.")
-    assert validate(teddy, ["person", "teddy bear"], [], COCO_SOME) == []
+    assert validate(teddy, ["person", "teddy bear"], [], COCO_SOME, strict=True) == []
     assert count_class_mentions("a teddy bear and a bear", "bear", COCO_SOME) == 1
 
 
@@ -157,7 +187,7 @@ def test_case_insensitive_and_aliases():
     plane = pad("A <tail>plane</tail> sits on the runway while a person walks by.")
     assert validate(plane, ["aeroplane", "person"], ["aeroplane"], VOC) == []
     tv = pad("A person watches the television in the evening.")
-    v = validate(tv, ["person"], [], VOC)
+    v = validate(tv, ["person"], [], VOC, strict=True)
     assert v == ["mentions 'tv monitor', which is not in the image's labels"]
 
 
