@@ -21,8 +21,22 @@ class _Refused(BackendError):
         self.code = code
 
 
+def _fold_system(messages):
+    """The system message folded into the first user message, as
+    `build_messages(..., system_role=False)` writes it."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, first, *rest = messages
+    return [{"role": "user", "content": f"{system['content']}\n\n{first['content']}"},
+            *rest]
+
+
 class OpenAIBackend(CaptionBackend):
     """Posts to `{base_url}/chat/completions`.
+
+    A server whose chat template has no system role (Gemma) refuses a system
+    message; the backend then folds it into the user message, for that
+    request and every later one.
 
     Args:
         base_url: str. The server's API root, e.g. `http://localhost:8000/v1`.
@@ -90,6 +104,8 @@ class OpenAIBackend(CaptionBackend):
         return models[0]["id"]
 
     def _one(self, messages, seed):
+        if not self.supports_system_role:
+            messages = _fold_system(messages)
         payload = {
             "model": self.model,
             "messages": messages,
@@ -101,6 +117,10 @@ class OpenAIBackend(CaptionBackend):
         try:
             answer = self._request("/chat/completions", payload)
         except _Refused as error:
+            if (error.code in (400, 422) and messages[0]["role"] == "system"
+                    and "system" in str(error).lower()):
+                self.supports_system_role = False
+                return self._one(messages, seed)
             # 400, 413 and 422 reject this request (a prompt too long for the
             # model, say); 401, 403 and 404 (key, URL, model) stop the run.
             if error.code in (400, 413, 422):

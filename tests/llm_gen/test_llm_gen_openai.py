@@ -14,6 +14,7 @@ from llm_gen_test_helpers import labels_from_prompt, valid_answer
 class _Handler(http.server.BaseHTTPRequestHandler):
     requests = []
     refuse_label = None  # prompts with this label get HTTP 400
+    no_system_role = False  # a Gemma chat template: system messages get HTTP 400
 
     def log_message(self, *args):
         pass
@@ -39,6 +40,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(payload)
         messages = payload["messages"]
+        if type(self).no_system_role and messages[0]["role"] == "system":
+            # What vLLM's server answers when Gemma's template raises.
+            self._send(400, {"error": {"message": "System role not supported"}})
+            return
         labels, _ = labels_from_prompt(messages)
         retry = any(m["role"] == "assistant" for m in messages)
         if type(self).refuse_label in labels:
@@ -57,6 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     _Handler.requests = []
     _Handler.refuse_label = None
+    _Handler.no_system_role = False
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -149,3 +155,29 @@ def test_a_prompt_the_server_refuses_falls_back(server, tmp_path, tiny_split_fil
         (violation,) = record["violations"]
         assert "could not answer this prompt" in violation and "HTTP 400" in violation
     assert len(records) == 12
+
+
+def test_a_server_without_a_system_role_gets_the_prompt_folded(server, tmp_path,
+                                                               tiny_split_files):
+    from llm_gen.prompt import SYSTEM_PROMPT
+
+    _Handler.no_system_role = True
+    split_path, captions_path = tiny_split_files
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--original-captions",
+        str(captions_path), "--base-url", server, "--out", str(out), "--concurrency", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    # No image fell back because of the refused system message.
+    assert all("System role" not in str(r["violations"]) for r in records)
+    assert {r["status"] for r in records if "hot dog" not in r["labels"]} <= {"valid",
+                                                                             "retried"}
+    # One request was refused; every later one folds the system line into the
+    # user message, as for a Gemma template under vLLM.
+    with_system = [p for p in _Handler.requests if p["messages"][0]["role"] == "system"]
+    assert len(with_system) == 1
+    for payload in _Handler.requests[1:]:
+        first = payload["messages"][0]
+        assert first["role"] == "user" and first["content"].startswith(SYSTEM_PROMPT + "\n\n")
