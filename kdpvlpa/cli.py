@@ -203,7 +203,7 @@ def load_model(path):
 
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+                type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
               help="model.keras or a run folder.")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
@@ -216,8 +216,8 @@ def load_model(path):
 def predict_command(images, model_path, top, classes, as_json, debug):
     """Per-class probabilities and the top labels of each image.
 
-    An image that cannot be read is reported after the results of the others,
-    and the command then exits with status 1.
+    An image that is missing or cannot be read is reported after the results
+    of the others, and the command then exits with status 1.
     """
     import numpy as np
 

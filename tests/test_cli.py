@@ -374,11 +374,13 @@ def test_predict_reports_unreadable_images_after_the_others(tiny_run, tmp_path):
     images = sorted((tiny_run["data"] / "images" / "test").iterdir())[:2]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    result = _invoke("predict", images[0], broken, images[1], "--model", tiny_run["run"],
-                     "--json")
+    missing = tmp_path / "missing.jpg"
+    result = _invoke("predict", images[0], broken, missing, images[1], "--model",
+                     tiny_run["run"], "--json")
     assert result.exit_code == 1
     assert list(json.loads(result.stdout)) == [str(images[0]), str(images[1])]
     assert f"Cannot read image {broken}" in result.stderr
+    assert f"Image not found: {missing}" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

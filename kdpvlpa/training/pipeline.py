@@ -26,11 +26,11 @@ PRESET_HINTS = {
     "vision_preset": "a CLIP ViT-B/16 checkpoint, e.g. openai/clip-vit-base-patch16 saved "
                      "with transformers' save_pretrained (or downloaded with "
                      "`hf download openai/clip-vit-base-patch16 --local-dir "
-                     "models/clip-vit-base-patch16`; `huggingface-cli download` with "
-                     "an older huggingface_hub)",
-    "qformer_preset": "a BERT checkpoint, e.g. bert-base-uncased "
+                     "{models_dir}/clip-vit-base-patch16`; `huggingface-cli download` "
+                     "with an older huggingface_hub)",
+    "qformer_preset": "a BERT checkpoint with its tokenizer, e.g. bert-base-uncased "
                       "(`hf download bert-base-uncased --local-dir "
-                      "models/bert-base-uncased`)",
+                      "{models_dir}/bert-base-uncased`)",
 }
 
 
@@ -54,8 +54,8 @@ def resolve_preset(value, key, models_dir):
         return str(candidate)
     raise PipelineError(
         f"model.{key} = {value!r} was found neither as a folder nor in the models folder "
-        f"{Path(models_dir)}. Put {PRESET_HINTS[key]} there, pass --models-dir, or set "
-        f"--set model.{key}=PATH."
+        f"{Path(models_dir)}. Put {PRESET_HINTS[key].format(models_dir=Path(models_dir))} "
+        f"there, pass --models-dir, or set --set model.{key}=PATH."
     )
 
 
@@ -235,9 +235,10 @@ def _plot(path, table, ours, paper, dataset):
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Per-class AP on {dataset}")
-    for group, colour in colours.items():
-        ax.bar([], [], color=colour, label=group)
-    ax.legend(loc="lower right", fontsize=8)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=c, label=g) for g, c in colours.items()],
+              loc="lower right", fontsize=8)
     keys = ["total", "head", "medium", "tail"]
     x = np.arange(len(keys))
     ax2.bar(x - 0.2 if paper else x, [ours[k] for k in keys], width=0.4, label="kdpvlpa")

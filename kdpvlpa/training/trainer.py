@@ -146,6 +146,9 @@ def train_phase(model, phase, batches, epochs, optimizer_args, checkpoint_dir, s
     state = phase_state(checkpoint_dir)
     if state and state.get("complete"):
         model.load_weights(str(checkpoint_dir / "last.weights.h5"))
+        if verbose:
+            print(f"The {phase} phase is already complete ({state.get('epochs_done')} "
+                  "epochs): its last checkpoint is loaded.")
         return state["history"]
     optimizer = make_optimizer(total_steps=max(epochs * len(batches), 1), **optimizer_args)
     model.compile(optimizer=optimizer, phase=phase, **(compile_args or {}))

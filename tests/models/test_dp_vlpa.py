@@ -643,6 +643,8 @@ def test_bad_images_are_rejected():
     # A list of images (a natural try for images of different sizes).
     with pytest.raises(ValueError, match=r"not a list of 2 items.*resize"):
         model([_images(1, 50, 70)[0], _images(1, 30, 40)[0]])
+    with pytest.raises(ValueError, match=r"not a list of 2 items.*resize"):
+        model.predict([_images(1, 48, 64)[0], _images(1, 64, 48)[0]], verbose=0)
 
 
 def test_bad_constructor_arguments_are_rejected():

