@@ -282,6 +282,19 @@ def test_interrupted_fit_says_how_to_resume(tmp_path, monkeypatch):
     assert "Interrupted. Rerun the same command to resume" in result.output
 
 
+def test_a_new_run_folder_refused_before_training_is_removed(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--set", "model.vision_preset=nothing")
+    assert result.exit_code == 1 and "found neither as a folder" in result.output
+    assert not run.exists()
+    # A folder that existed before is not removed.
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--set", "model.vision_preset=nothing")
+    assert result.exit_code == 1
+    assert (run / "notes.txt").read_text() == "mine"
+
+
 def test_fit_option_and_folder_errors_are_one_line(tmp_path):
     result = _invoke(*_fit_args(tmp_path / "data", tmp_path / "run"), "--no-cache",
                      "--cache-dir", tmp_path / "cache")

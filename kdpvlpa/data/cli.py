@@ -5,7 +5,9 @@ from pathlib import Path
 import click
 
 from kdpvlpa.data.check import DISPLAY_NAMES, HOW_TO_GET, scan_dataset
+from kdpvlpa.data.coco import load_coco_captions
 from kdpvlpa.data.images import corrupt_images_message, missing_images_message
+from kdpvlpa.data.splits import load_split
 
 
 @click.group("data")
@@ -62,9 +64,14 @@ def check(dataset, data_dir, verify_images):
             problems.append(corrupt_images_message(scan.corrupt, scan.total, name))
     if dataset == "coco_lt":
         captions = root / "annotations" / "captions_train2017.json"
-        state = "found" if captions.is_file() else (
-            "not found (the packaged LMPT captions will be used)"
-        )
+        state = "not found (the packaged LMPT captions will be used)"
+        if captions.is_file():
+            try:
+                load_coco_captions(captions, load_split("coco_lt", "train")["image_ids"])
+                state = "found, a caption for every training image"
+            except (OSError, ValueError) as error:  # CaptionsMissingError included
+                state = "found but unusable"
+                problems.append(str(error))
         click.echo(f"  captions: annotations/captions_train2017.json {state}")
     if problems:
         if not root.is_dir():

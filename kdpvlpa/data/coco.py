@@ -78,9 +78,19 @@ def load_coco_captions(json_path, image_ids):
     """
     data = _read_json(json_path, "COCO caption annotations")
     _require(data, ("annotations",), json_path)
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"{json_path}: 'annotations' must be a list of annotations.")
     by_image = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(int(ann["image_id"]), []).append(ann["caption"].strip())
+    for index, ann in enumerate(data["annotations"]):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        caption = ann.get("caption") if isinstance(ann, dict) else None
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or not isinstance(
+                caption, str):
+            raise ValueError(
+                f"{json_path}: annotation {index} needs an integer 'image_id' and a "
+                f"'caption' string; it is {str(ann)[:200]}"
+            )
+        by_image.setdefault(image_id, []).append(caption.strip())
     absent = [i for i in image_ids if int(i) not in by_image]
     if absent:
         shown = ", ".join(str(i) for i in absent[:MAX_LISTED])

@@ -6,6 +6,7 @@ the final `model.keras`, `metrics.json`, a per-class AP table and chart.
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -92,16 +93,42 @@ def build_model(recipe, class_names, models_dir="models"):
     return model
 
 
-def load_data(recipe, data_dir, allow_missing=False):
-    """Train and test `LTDataset`s for the recipe (the synthetic set is drawn)."""
+def _draw_synthetic(recipe, data_dir):
     d = recipe.data
     if d.dataset == "synthetic":
         kwargs = {k: v for k, v in (("num_classes", d.num_classes), ("num_train", d.num_train),
                                     ("num_test", d.num_test)) if v is not None}
         make_synthetic_lt(data_dir, image_size=d.image_size, seed=recipe.seed, **kwargs)
-    train = load_dataset(d.dataset, data_dir, "train", allow_missing=allow_missing)
-    test = load_dataset(d.dataset, data_dir, "test", allow_missing=allow_missing)
-    return train, test
+
+
+def load_data(recipe, data_dir, allow_missing=False, train_captions=True):
+    """Train and test `LTDataset`s for the recipe (the synthetic set is drawn).
+
+    `train_captions=False` skips the training split's original captions (a
+    run given its own caption file does not need COCO's annotation file).
+    """
+    _draw_synthetic(recipe, data_dir)
+    kwargs = {}
+    if not train_captions and recipe.data.dataset == "coco_lt":
+        kwargs["captions"] = None
+    train = load_dataset(recipe.data.dataset, data_dir, "train",
+                         allow_missing=allow_missing, **kwargs)
+    return train, load_test_data(recipe, data_dir, allow_missing)
+
+
+def load_test_data(recipe, data_dir, allow_missing=False):
+    """The test `LTDataset` alone: evaluation needs no training image."""
+    _draw_synthetic(recipe, data_dir)
+    return load_dataset(recipe.data.dataset, data_dir, "test", allow_missing=allow_missing)
+
+
+def train_split_size(recipe, data_dir):
+    """Images in the recipe's training split, from its split file."""
+    from kdpvlpa.data import load_split, load_split_file
+
+    if recipe.data.dataset == "synthetic":
+        return len(load_split_file(Path(data_dir) / "synthetic_lt_train.json")["image_ids"])
+    return len(load_split(recipe.data.dataset, "train")["image_ids"])
 
 
 def template_captions(data_dir, path):
@@ -162,9 +189,10 @@ def predict_scores(model, dataset, cache_dir=None, batch_size=64, verbose=True):
     return np.concatenate(scores).astype("float64")
 
 
-def label_frequency_scores(train, test):
-    """The label-frequency baseline: every image scores each class by its prior."""
-    prior = train.class_freq / max(train.num_images, 1)
+def label_frequency_scores(test, num_train):
+    """The label-frequency baseline: every image scores each class by its prior,
+    its training frequency (`test.class_freq`) over `num_train` images."""
+    prior = test.class_freq / max(num_train, 1)
     return np.broadcast_to(prior, (test.num_images, len(prior))).astype("float64")
 
 
@@ -358,23 +386,26 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         raise ValueError(f"`phase` must be pretrain, finetune or all. Received: {phase!r}")
     start = time.time()
     output = Path(output)
-    train, test = load_data(recipe, data_dir, allow_missing=allow_missing)
+    train, test = load_data(recipe, data_dir, allow_missing=allow_missing,
+                            train_captions=captions is None)
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    try:
-        with exclusive_lock(
-            output / ".lock", PipelineError,
-            f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
-            "finish, or choose another --output.",
-        ):
+    with exclusive_lock(
+        output / ".lock", PipelineError,
+        f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
+        "finish, or choose another --output.",
+    ):
+        try:
             return _run_in_folder(recipe, train, test, data_dir, output, phase, captions,
                                   models_dir, cache_dir, use_cache, verbose, start)
-    except BaseException:
-        # A run refused before writing anything leaves no folder behind.
-        if created and [p.name for p in output.iterdir()] == [".lock"]:
-            (output / ".lock").unlink()
-            output.rmdir()
-        raise
+        except BaseException:
+            # A new run folder that failed before any costly work (a bad
+            # model setting, a missing checkpoint) is removed; one holding
+            # features or checkpoints is kept for the rerun to resume.
+            kept = ("feature_cache", "checkpoints", "model.keras")
+            if created and not any((output / name).exists() for name in kept):
+                shutil.rmtree(output, ignore_errors=True)
+            raise
 
 
 def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, models_dir,
@@ -462,5 +493,5 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
 
     scores = predict_scores(model, test, cache_dir if use_cache else None,
                             recipe.eval.batch_size, verbose)
-    return write_report(output, recipe, test, scores, label_frequency_scores(train, test),
-                        time.time() - start)
+    baseline = label_frequency_scores(test, train_split_size(recipe, data_dir))
+    return write_report(output, recipe, test, scores, baseline, time.time() - start)

@@ -1,5 +1,8 @@
+import json
+
 from click.testing import CliRunner
 
+from kdpvlpa.data import load_split
 from kdpvlpa.data.cli import data
 
 
@@ -36,7 +39,19 @@ def test_check_coco_and_bad_options(coco_root, tmp_path):
     root, _, _ = coco_root
     result = _run("--dataset", "coco_lt", "--data-dir", str(root))
     assert result.exit_code == 1
-    assert "captions: annotations/captions_train2017.json found" in result.output
+    # The caption file is read, not only found: this one covers 3 images.
+    assert "captions: annotations/captions_train2017.json found but unusable" in result.output
+    assert "has no caption for 1906 of 1909 images" in result.output
+    captions = root / "annotations" / "captions_train2017.json"
+    ids = load_split("coco_lt", "train")["image_ids"]
+    captions.write_text(json.dumps({"annotations": [
+        {"image_id": i, "id": n, "caption": "a cat."} for n, i in enumerate(ids)]}))
+    result = _run("--dataset", "coco_lt", "--data-dir", str(root))
+    assert "json found, a caption for every training image" in result.output
+    captions.write_text(json.dumps({"annotations": [{"image_id": ids[0], "caption": None}]}))
+    result = _run("--dataset", "coco_lt", "--data-dir", str(root))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "annotation 0 needs an integer 'image_id' and a 'caption' string" in result.output
     result = _run("--dataset", "synthetic", "--data-dir", str(tmp_path / "none"))
     assert result.exit_code == 1 and "No synthetic split file" in result.output
     assert _run("--dataset", "imagenet", "--data-dir", str(tmp_path)).exit_code == 2

@@ -49,6 +49,41 @@ def test_captions_missing_for_some_images(coco_root):
         load_coco_lt(root, "train", image_ids=train_ids)
 
 
+@pytest.mark.parametrize("annotation", [
+    {"image_id": 1, "caption": None}, {"image_id": 1}, {"image_id": "1", "caption": "x"}, 3,
+])
+def test_malformed_caption_annotations_are_named(coco_root, annotation):
+    root, train_ids, _ = coco_root
+    path = root / "annotations" / "captions_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"].insert(2, annotation)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{path}: annotation 2 needs an integer 'image_id'"):
+        load_coco_lt(root, "train", image_ids=train_ids)
+
+
+def test_a_run_with_its_own_captions_does_not_read_the_annotation_file(coco_root):
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import load_data, load_test_data, train_split_size
+
+    root, _, _ = coco_root
+    (root / "annotations" / "captions_train2017.json").write_text("{not json")
+    recipe = load_recipe("coco_lt")
+    with pytest.warns(UserWarning, match="missing"):
+        with pytest.raises(ValueError, match="not valid JSON"):
+            load_data(recipe, root, allow_missing=True)
+    with pytest.warns(UserWarning, match="missing"):
+        train, test = load_data(recipe, root, allow_missing=True, train_captions=False)
+    assert train.captions is None and train.num_images == 3 and test.num_images == 3
+    # Evaluation reads no training image at all.
+    import shutil
+
+    shutil.rmtree(root / "train2017")
+    with pytest.warns(UserWarning, match="missing"):
+        assert load_test_data(recipe, root, allow_missing=True).num_images == 3
+    assert train_split_size(recipe, root) == 1909
+
+
 def test_test_split_and_instances_cross_check(coco_root):
     root, _, test_ids = coco_root
     ds = load_coco_lt(root, "test", image_ids=test_ids, check_labels=True)
