@@ -47,7 +47,12 @@ def reports_errors(command):
         except _user_errors() as error:
             if kwargs.get("debug"):
                 raise
-            if isinstance(error, OSError) and error.strerror and error.filename:
+            from kdpvlpa.data import CorruptImageError
+
+            if isinstance(error, CorruptImageError):
+                error = (f"{str(error).rstrip('.')}. `kdpvlpa data check "
+                         "--verify-images` lists every unreadable image.")
+            elif isinstance(error, OSError) and error.strerror and error.filename:
                 paths = [str(f) for f in (error.filename, error.filename2) if f]
                 error = f"{error.strerror}: {' -> '.join(paths)}"
             click.echo(f"Error: {error}", err=True)

@@ -306,6 +306,19 @@ def test_fit_option_and_folder_errors_are_one_line(tmp_path):
     assert f"Error: Not a directory: {blocker / 'run'}" in result.output, result.output
 
 
+def test_a_corrupt_training_image_points_to_data_check(tiny_run, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"], data)
+    broken = sorted((data / "images" / "train").iterdir())[3]
+    broken.write_bytes(broken.read_bytes()[:100])
+    result = _invoke(*_fit_args(data, tmp_path / "run"))
+    assert result.exit_code == 1
+    assert f"Cannot read image {broken}" in result.output
+    assert "`kdpvlpa data check --verify-images` lists every unreadable image." in result.output
+
+
 def test_evaluate_reproduces_the_metrics(tiny_run):
     fit_files = {name: (tiny_run["run"] / name).read_bytes()
                  for name in ("metrics.json", "per_class_ap.csv", "per_class_ap.png")}

@@ -88,7 +88,7 @@ def build_model(recipe, class_names, models_dir="models"):
     if recipe.data.dataset != "synthetic" and recipe.data.image_size != size:
         raise PipelineError(
             f"data.image_size is {recipe.data.image_size}, but the encoder "
-            f"{m.vision_preset!r} takes {size} px images; set data.image_size = {size}."
+            f"{m.vision_preset!r} takes {size} px images; set it with --set data.image_size={size}."
         )
     return model
 
@@ -262,16 +262,21 @@ def _plot(path, table, ours, paper, dataset):
     ax.set_xticklabels(table["class"], rotation=90, fontsize=7)
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Per-class AP on {dataset}")
+    from kdpvlpa.data.check import DISPLAY_NAMES
+
+    ax.set_title(f"Per-class AP on {DISPLAY_NAMES.get(dataset, dataset)}")
     from matplotlib.patches import Patch
 
     ax.legend(handles=[Patch(color=c, label=g) for g, c in colours.items()],
               loc="lower right", fontsize=8)
     keys = ["total", "head", "medium", "tail"]
     x = np.arange(len(keys))
-    ax2.bar(x - 0.2 if paper else x, [ours[k] for k in keys], width=0.4, label="kdpvlpa")
+    # Greys: the group colours of the left panel mean head / medium / tail.
+    ax2.bar(x - 0.2 if paper else x, [ours[k] for k in keys], width=0.4, label="kdpvlpa",
+            color="#404040")
     if paper:
-        ax2.bar(x + 0.2, [paper[k] for k in keys], width=0.4, label="paper (Table 1)")
+        ax2.bar(x + 0.2, [paper[k] for k in keys], width=0.4, label="paper (Table 1)",
+                color="#b0b0b0")
     ax2.set_xticks(x)
     ax2.set_xticklabels(keys)
     ax2.set_ylim(0, 100)
@@ -408,6 +413,10 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
             raise
 
 
+def _epochs(n):
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, models_dir,
                    cache_dir, use_cache, verbose, start):
     """`run_recipe` once it holds the run folder's lock."""
@@ -432,8 +441,12 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
         caption_texts = load_caption_file(captions, train.image_ids)
     elif train.captions is not None:
         if verbose:
-            print("No --captions given: phase 1 trains on the original captions "
-                  "(generate STAG captions with `kdpvlpa generate-captions`).")
+            source = "the packaged LMPT captions"
+            if (recipe.data.dataset == "coco_lt" and
+                    (Path(data_dir) / "annotations" / "captions_train2017.json").is_file()):
+                source = "COCO's annotations/captions_train2017.json"
+            print(f"No --captions given: phase 1 trains on the original captions, from "
+                  f"{source} (generate STAG captions with `kdpvlpa generate-captions`).")
         caption_texts = list(train.captions)
     else:
         raise PipelineError("No captions for phase 1: pass --captions FILE.")
@@ -465,7 +478,7 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
 
     if phase in ("pretrain", "all") and recipe.pretrain.epochs > 0:
         if verbose:
-            print(f"Phase 1 (knowledge injection): {recipe.pretrain.epochs} epochs")
+            print(f"Phase 1 (knowledge injection): {_epochs(recipe.pretrain.epochs)}")
         train_phase(model, "pretrain", batches(recipe.pretrain, None), recipe.pretrain.epochs,
                     optimizer_args(recipe.pretrain), checkpoints / "pretrain",
                     seed=recipe.seed, verbose=verbose)
@@ -474,7 +487,7 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
     if phase in ("finetune", "all") and recipe.finetune.epochs > 0:
         f = recipe.finetune
         if verbose:
-            print(f"Phase 2 (adaptive fine-tuning): {f.epochs} epochs")
+            print(f"Phase 2 (adaptive fine-tuning): {_epochs(f.epochs)}")
         options = {}
         if f.classification_loss == "asymmetric":
             options = {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05}
