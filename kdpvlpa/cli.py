@@ -50,8 +50,9 @@ def reports_errors(command):
             from kdpvlpa.data import CorruptImageError
 
             if isinstance(error, CorruptImageError):
-                error = (f"{str(error).rstrip('.')}. `kdpvlpa data check "
-                         "--verify-images` lists every unreadable image.")
+                error = (f"{str(error).rstrip('.')}. `kdpvlpa data check --dataset "
+                         "NAME --data-dir DIR --verify-images` lists every unreadable "
+                         "image.")
             elif isinstance(error, OSError) and error.strerror and error.filename:
                 paths = [str(f) for f in (error.filename, error.filename2) if f]
                 error = f"{error.strerror}: {' -> '.join(paths)}"

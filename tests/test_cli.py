@@ -295,6 +295,20 @@ def test_a_new_run_folder_refused_before_training_is_removed(tiny_run, tmp_path)
     assert (run / "notes.txt").read_text() == "mine"
 
 
+def test_a_new_run_folder_is_kept_once_features_are_written(tiny_run, tmp_path,
+                                                            monkeypatch):
+    from kdpvlpa.training import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_phase", interrupted)
+    run = tmp_path / "run"
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--cache-dir", run / "features")
+    assert result.exit_code == 130
+    assert list((run / "features").rglob("*.npy")), "the cached features were removed"
+
+
 def test_fit_option_and_folder_errors_are_one_line(tmp_path):
     result = _invoke(*_fit_args(tmp_path / "data", tmp_path / "run"), "--no-cache",
                      "--cache-dir", tmp_path / "cache")
@@ -316,7 +330,8 @@ def test_a_corrupt_training_image_points_to_data_check(tiny_run, tmp_path):
     result = _invoke(*_fit_args(data, tmp_path / "run"))
     assert result.exit_code == 1
     assert f"Cannot read image {broken}" in result.output
-    assert "`kdpvlpa data check --verify-images` lists every unreadable image." in result.output
+    assert ("`kdpvlpa data check --dataset NAME --data-dir DIR --verify-images` lists every "
+            "unreadable image.") in result.output
 
 
 def test_evaluate_reproduces_the_metrics(tiny_run):

@@ -47,6 +47,10 @@ def _read_json(path, what):
 
 
 def _require(data, keys, path):
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} does not hold a JSON object; is it a COCO annotation file?"
+        )
     absent = [k for k in keys if k not in data]
     if absent:
         raise ValueError(

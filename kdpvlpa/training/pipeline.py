@@ -403,15 +403,16 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
         f"Another `kdpvlpa fit` is using the run folder {output}. Wait for it to "
         "finish, or choose another --output.",
     ):
+        progress = {"costly_work": False}
         try:
             return _run_in_folder(recipe, train, test, data_dir, output, phase, captions,
-                                  models_dir, cache_dir, use_cache, verbose, start)
+                                  models_dir, cache_dir, use_cache, verbose, start,
+                                  progress)
         except BaseException:
             # A new run folder that failed before any costly work (a bad
-            # model setting, a missing checkpoint) is removed; one holding
-            # features or checkpoints is kept for the rerun to resume.
-            kept = ("feature_cache", "checkpoints", "model.keras")
-            if created and not any((output / name).exists() for name in kept):
+            # model setting, a missing checkpoint) is removed; once features
+            # or checkpoints are being written, it is kept for the rerun.
+            if created and not progress["costly_work"]:
                 shutil.rmtree(output, ignore_errors=True)
             raise
 
@@ -421,8 +422,9 @@ def _epochs(n):
 
 
 def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, models_dir,
-                   cache_dir, use_cache, verbose, start):
-    """`run_recipe` once it holds the run folder's lock."""
+                   cache_dir, use_cache, verbose, start, progress):
+    """`run_recipe` once it holds the run folder's lock; sets
+    `progress["costly_work"]` before the first feature or checkpoint."""
     checkpoints = output / "checkpoints"
     _check_same_recipe(output, recipe)
     if phase == "pretrain" and (checkpoints / "finetune" / "state.json").exists():
@@ -465,6 +467,7 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
     if use_cache and cache_dir is None:
         cache_dir = output / "feature_cache"
     flips = bool(recipe.data.horizontal_flip)
+    progress["costly_work"] = True
     features = feature_source(model, train.image_paths, cache_dir if use_cache else None,
                               flips, recipe.eval.batch_size, verbose)
 

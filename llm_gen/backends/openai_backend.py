@@ -16,9 +16,10 @@ from llm_gen.backends.base import BackendError, CaptionBackend, FailedAnswer, cl
 class _Refused(BackendError):
     """The server answered a request with a 4xx status."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, body=""):
         super().__init__(message)
         self.code = code
+        self.body = body
 
 
 def _fold_system(messages):
@@ -83,7 +84,8 @@ class OpenAIBackend(CaptionBackend):
             except urllib.error.HTTPError as e:
                 body = e.read().decode("utf-8", "replace")[:500]
                 if e.code < 500:
-                    raise _Refused(e.code, f"{url} answered HTTP {e.code}: {body}") from None
+                    raise _Refused(e.code, f"{url} answered HTTP {e.code}: {body}",
+                                   body) from None
                 last_error = f"HTTP {e.code}: {body}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last_error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
@@ -118,7 +120,7 @@ class OpenAIBackend(CaptionBackend):
             answer = self._request("/chat/completions", payload)
         except _Refused as error:
             if (error.code in (400, 422) and messages[0]["role"] == "system"
-                    and "system" in str(error).lower()):
+                    and "system" in error.body.lower()):
                 self.supports_system_role = False
                 return self._one(messages, seed)
             # 400, 413 and 422 reject this request (a prompt too long for the

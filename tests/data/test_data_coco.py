@@ -62,6 +62,15 @@ def test_malformed_caption_annotations_are_named(coco_root, annotation):
         load_coco_lt(root, "train", image_ids=train_ids)
 
 
+@pytest.mark.parametrize("text", ["null", "[]", "3"])
+def test_a_caption_file_that_is_not_an_object_is_named(coco_root, text):
+    root, train_ids, _ = coco_root
+    path = root / "annotations" / "captions_train2017.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"{path} does not hold a JSON object"):
+        load_coco_lt(root, "train", image_ids=train_ids)
+
+
 def test_a_run_with_its_own_captions_does_not_read_the_annotation_file(coco_root):
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import load_data, load_test_data, train_split_size

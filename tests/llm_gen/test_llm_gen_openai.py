@@ -181,3 +181,19 @@ def test_a_server_without_a_system_role_gets_the_prompt_folded(server, tmp_path,
     for payload in _Handler.requests[1:]:
         first = payload["messages"][0]
         assert first["role"] == "user" and first["content"].startswith(SYSTEM_PROMPT + "\n\n")
+
+
+def test_only_a_refusal_about_the_system_role_folds_the_prompt(monkeypatch):
+    from llm_gen.backends.base import FailedAnswer
+    from llm_gen.backends.openai_backend import OpenAIBackend, _Refused
+
+    backend = OpenAIBackend("http://ai-system.lan:8000/v1", model="served")
+
+    def refuse(path, payload=None):
+        raise _Refused(400, "http://ai-system.lan:8000/v1/chat/completions answered HTTP "
+                       "400: prompt is too long", body="prompt is too long")
+
+    monkeypatch.setattr(backend, "_request", refuse)
+    messages = [{"role": "system", "content": "rules"}, {"role": "user", "content": "go"}]
+    (answer,) = backend.generate([messages], [1])
+    assert isinstance(answer, FailedAnswer) and backend.supports_system_role

