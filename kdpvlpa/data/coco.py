@@ -59,6 +59,14 @@ def _require(data, keys, path):
         )
 
 
+def default_caption_source(root):
+    """Where `captions="auto"` reads COCO-LT's original training captions:
+    `"annotations"` when `annotations/captions_train2017.json` is under `root`,
+    else `"lmpt"` (the packaged file)."""
+    caption_file = Path(root).expanduser() / "annotations" / "captions_train2017.json"
+    return "annotations" if caption_file.is_file() else "lmpt"
+
+
 def load_coco_captions(json_path, image_ids):
     """Original COCO captions: all captions of an image joined with spaces.
 
@@ -222,7 +230,7 @@ def load_coco_lt(
     if split == "test" and captions in ("auto", "annotations", "lmpt"):
         source = None
     elif captions == "auto":
-        source = "annotations" if caption_file.is_file() else "lmpt"
+        source = default_caption_source(root)
     dataset = dataset_from_split(
         split_dict,
         root,

@@ -113,7 +113,8 @@ def load_data(recipe, data_dir, allow_missing=False, train_captions=True):
         kwargs["captions"] = None
     train = load_dataset(recipe.data.dataset, data_dir, "train",
                          allow_missing=allow_missing, **kwargs)
-    return train, load_test_data(recipe, data_dir, allow_missing)
+    test = load_dataset(recipe.data.dataset, data_dir, "test", allow_missing=allow_missing)
+    return train, test
 
 
 def load_test_data(recipe, data_dir, allow_missing=False):
@@ -446,9 +447,11 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
         caption_texts = load_caption_file(captions, train.image_ids)
     elif train.captions is not None:
         if verbose:
+            from kdpvlpa.data.coco import default_caption_source
+
             source = "the packaged LMPT captions"
-            if (recipe.data.dataset == "coco_lt" and
-                    (Path(data_dir) / "annotations" / "captions_train2017.json").is_file()):
+            if (recipe.data.dataset == "coco_lt"
+                    and default_caption_source(data_dir) == "annotations"):
                 source = "COCO's annotations/captions_train2017.json"
             print(f"No --captions given: phase 1 trains on the original captions, from "
                   f"{source} (generate STAG captions with `kdpvlpa generate-captions`).")

@@ -519,45 +519,38 @@ class DPVLPA(keras.Model):
         if hasattr(self, "logit_bias"):
             self._set_phase_trainable()
 
-    def _frozen_layer_paths(self):
-        """Paths (`name/name/...`) of the frozen layers that own weights.
-
-        The image encoder is always frozen and left out. A frozen layer's
-        sub-layers are not listed: freezing it again freezes them.
-        """
-        paths = []
+    def _layer_paths(self):
+        """`(path, layer)` of every sub-layer that owns weights, parents first,
+        with paths `name/name/...`; the always-frozen image encoder is left out."""
 
         def walk(layer, prefix):
             for child in layer._flatten_layers(include_self=False, recursive=False):
                 if child is self.image_encoder or not child.weights:
                     continue
                 path = prefix + child.name
-                if not child.trainable:
-                    paths.append(path)
-                else:
-                    walk(child, path + "/")
+                yield path, child
+                yield from walk(child, path + "/")
 
-        walk(self, "")
+        return list(walk(self, ""))
+
+    def _frozen_layer_paths(self):
+        """Paths of the frozen layers; a frozen layer's sub-layers are not
+        listed: freezing it again freezes them."""
+        paths = []
+        for path, layer in self._layer_paths():
+            if not layer.trainable and not any(path.startswith(p + "/") for p in paths):
+                paths.append(path)
         return paths
 
     def _freeze_layer_paths(self, paths):
-        found = set()
-
-        def walk(layer, prefix):
-            for child in layer._flatten_layers(include_self=False, recursive=False):
-                path = prefix + child.name
-                if path in paths:
-                    child.trainable = False
-                    found.add(path)
-                elif any(p.startswith(path + "/") for p in paths):
-                    walk(child, path + "/")
-
-        walk(self, "")
-        missing = sorted(set(paths) - found)
+        layers = dict(self._layer_paths())
+        missing = sorted(set(paths) - set(layers))
         if missing:
             raise ValueError(
                 f"`frozen_layers` names layers this model does not have: {missing}"
             )
+        for path in paths:
+            layers[path].trainable = False
 
     @property
     def metrics(self):

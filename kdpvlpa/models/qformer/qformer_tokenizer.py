@@ -15,6 +15,24 @@ def _read_json(path):
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _tokenizer_json_vocabulary(folder):
+    """The WordPiece vocabulary of `tokenizer.json`, as a list ordered by id."""
+    model = _read_json(folder / "tokenizer.json").get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise FileNotFoundError(
+            f"No WordPiece vocabulary (vocab.txt, or a WordPiece tokenizer.json) in "
+            f"{folder}; the Q-Former's tokenizer comes from the same folder as its "
+            "weights. Save the BERT tokenizer there with its save_pretrained."
+        )
+    ids = model["vocab"]
+    if sorted(ids.values()) != list(range(len(ids))):
+        raise ValueError(
+            f"The WordPiece vocabulary in {folder / 'tokenizer.json'} does not "
+            "number its tokens 0 to N-1."
+        )
+    return sorted(ids, key=ids.get)
+
+
 def load_bert_tokenizer(folder):
     """A keras-hub `BertTokenizer` from a Hugging Face BERT folder.
 
@@ -28,23 +46,7 @@ def load_bert_tokenizer(folder):
 
     folder = Path(folder)
     vocab = folder / "vocab.txt"
-    fast = {} if vocab.is_file() else _read_json(folder / "tokenizer.json")
-    if vocab.is_file():
-        vocabulary = str(vocab)
-    elif (fast.get("model") or {}).get("type") == "WordPiece":
-        ids = fast["model"]["vocab"]
-        vocabulary = sorted(ids, key=ids.get)
-        if sorted(ids.values()) != list(range(len(ids))):
-            raise ValueError(
-                f"The WordPiece vocabulary in {folder / 'tokenizer.json'} does not "
-                "number its tokens 0 to N-1."
-            )
-    else:
-        raise FileNotFoundError(
-            f"No WordPiece vocabulary (vocab.txt, or a WordPiece tokenizer.json) in "
-            f"{folder}; the Q-Former's tokenizer comes from the same folder as its "
-            "weights. Save the BERT tokenizer there with its save_pretrained."
-        )
+    vocabulary = str(vocab) if vocab.is_file() else _tokenizer_json_vocabulary(folder)
     config = _read_json(folder / "tokenizer_config.json")
     lowercase = config.get("do_lower_case", True)
     strip_accents = config.get("strip_accents")
