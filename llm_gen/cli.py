@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from kdpvlpa.utils.progress import Progress
 from llm_gen.backends import BACKENDS, BackendError, SamplingSettings, make_backend
 from llm_gen.generate import Shard, generate_captions, run_settings
 from llm_gen.records import CaptionFileError, read_records
@@ -184,13 +185,17 @@ def generate_captions_command(dataset, split_file, original_captions,
         err=True,
     )
     try:
-        with click.progressbar(length=total, label="captions", file=sys.stderr,
-                               hidden=quiet, show_pos=True) as bar:
+        with Progress(total, "captions", stream=sys.stderr, unit="images",
+                      hidden=quiet) as bar:
+
+            def log(message):
+                bar.break_line()
+                click.echo(message, err=True)
+
             counts = generate_captions(
                 split, lambda: make_backend(backend, sampling=sampling, **options),
                 out_path, max_attempts=max_attempts, batch_size=batch_size,
-                shard=shard, limit=limit, progress=bar.update,
-                log=lambda message: click.echo(f"\n{message}", err=True),
+                shard=shard, limit=limit, progress=bar.update, log=log,
                 settings=run_settings(backend, model, sampling, strict_validation),
                 strict_validation=strict_validation,
             )

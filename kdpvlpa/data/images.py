@@ -1,12 +1,13 @@
 """Reading images and checking that a dataset's images are all there."""
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from kdpvlpa.utils.progress import Progress
 
 # Errors pillow raises for unreadable, truncated or absurd files.
 _PIL_ERRORS = (
@@ -171,17 +172,6 @@ def find_missing_images(paths):
     return missing
 
 
-def _progress(done, total, label, stream):
-    # A terminal gets one line redrawn in place; a log gets a line a quarter.
-    if stream.isatty():
-        stream.write(f"\r{label}: {done}/{total} images")
-        if done == total:
-            stream.write("\n")
-    elif done == total or done * 4 // total != (done - 1) * 4 // total:
-        stream.write(f"{label}: {done}/{total} images\n")
-    stream.flush()
-
-
 def scan_images(paths, verify=False, progress=None, label="verifying"):
     """Count present, missing and (optionally) corrupt images.
 
@@ -207,12 +197,11 @@ def scan_images(paths, verify=False, progress=None, label="verifying"):
         missing = set(scan.missing)
         present = [p for p in paths if p not in missing]
         show = len(present) > 500 if progress is None else progress
-        step = max(1, len(present) // 100)
-        for i, p in enumerate(present, 1):
-            if not is_readable_image(p):
-                scan.corrupt.append(p)
-            if show and (i % step == 0 or i == len(present)):
-                _progress(i, len(present), label, sys.stderr)
+        with Progress(len(present), label, unit="images", hidden=not show) as bar:
+            for p in present:
+                if not is_readable_image(p):
+                    scan.corrupt.append(p)
+                bar.update()
     return scan
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from kdpvlpa.data.images import load_image
 from kdpvlpa.utils.files import atomic_write
+from kdpvlpa.utils.progress import Progress
 
 CACHE_FORMAT_VERSION = 1
 
@@ -250,16 +251,8 @@ class FeatureCache:
         from keras import ops
 
         chunks = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
-        bar = None
-        if self.progress:
-            import click
-
-            bar = click.progressbar(
-                length=len(todo), label=f"Caching encoder features ({len(todo)} images)",
-                file=None,
-            )
-            bar.__enter__()
-        try:
+        with Progress(len(todo), "Caching encoder features", stream=sys.stdout,
+                      unit="images", hidden=not self.progress) as bar:
             for rows in chunks:
                 images = np.stack(
                     [load_training_image(self.image_paths[r], self.image_size) for r in rows]
@@ -271,8 +264,4 @@ class FeatureCache:
                 features.flush()
                 done[rows] = True
                 _atomic_save(self.done_path, done)
-                if bar is not None:
-                    bar.update(len(rows))
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+                bar.update(len(rows))
