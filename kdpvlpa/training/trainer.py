@@ -36,6 +36,10 @@ def make_optimizer(total_steps, learning_rate=1e-4, weight_decay=0.05, warmup_st
         warmup_steps: int. Warm-up cap in steps.
         warmup_fraction: float. Warm-up cap as a fraction of `total_steps`.
 
+    Biases, LayerNorm parameters, τ, the logit scale and bias, and the
+    learned queries are not decayed (`NO_WEIGHT_DECAY`; LAVIS decays the
+    queries).
+
     The learning rate is a schedule, so callbacks that set it
     (`ReduceLROnPlateau`, `LearningRateScheduler`) cannot be used with this
     optimizer; `kdpvlpa.training.optimizers.AdamW` with a float learning

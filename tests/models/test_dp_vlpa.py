@@ -416,8 +416,19 @@ def test_mixed_bfloat16_reaches_every_part_and_scores_stay_float32():
     model = _tiny_model(dtype="mixed_bfloat16")
     for part in (model, model.image_encoder, model.qformer):
         assert part.dtype_policy.name == "mixed_bfloat16"
-    probabilities = model.predict(_images(2, 50, 70), verbose=0)
+    images = _images(64, 50, 70)
+    probabilities = model.predict(images, verbose=0)
     assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+    # The scores are a float32 product of the bfloat16 features: computed in
+    # bfloat16 they took 5 distinct values for 64 images, and AP counts ties.
+    out = model({"images": images})
+    assert out["image_queries"].dtype == torch.bfloat16
+    queries, classes = (_np(ops.cast(out[k], "float32"))
+                        for k in ("image_queries", "class_embeddings"))
+    expected = (float(_np(model.logit_scale)) * np.einsum("bkp,cp->bkc", queries, classes).max(1)
+                + float(_np(model.logit_bias)))
+    np.testing.assert_allclose(_np(out["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert all(len(np.unique(probabilities[:, c])) == 64 for c in range(len(CLASS_NAMES)))
 
 
 def test_bad_inputs_and_arguments_name_the_problem():

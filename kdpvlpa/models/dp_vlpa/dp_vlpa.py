@@ -211,11 +211,13 @@ class DPVLPA(keras.Model):
             shape=(), initializer=keras.initializers.Constant(t0), name="temperature",
             constraint=ClipValue(*TEMPERATURE_RANGE),
         )
+        # Not autocast: the scores are computed in float32 (see `classify`).
         self.logit_scale = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(1.0 / t0), name="logit_scale"
+            shape=(), initializer=keras.initializers.Constant(1.0 / t0), name="logit_scale",
+            autocast=False,
         )
         self.logit_bias = self.add_weight(
-            shape=(), initializer="zeros", name="logit_bias"
+            shape=(), initializer="zeros", name="logit_bias", autocast=False
         )
         self.built = True
 
@@ -359,7 +361,14 @@ class DPVLPA(keras.Model):
         return l2_normalize(self.vision_proj(queries))
 
     def classify(self, image_queries, class_embeddings):
-        similarity = ops.einsum("bkp,cp->bkc", image_queries, class_embeddings)
+        """Logits `(B, C)`: `a · max_k sim(q̂_k, ê_c) + b`, always in float32.
+
+        Under a mixed-precision policy the features arrive in bfloat16 or
+        float16; scores computed at that precision (8 bits of mantissa for
+        bfloat16) tie many images, and AP counts ties.
+        """
+        similarity = ops.einsum("bkp,cp->bkc", ops.cast(image_queries, "float32"),
+                                ops.cast(class_embeddings, "float32"))
         return self.logit_scale * ops.max(similarity, axis=1) + self.logit_bias
 
     def call(self, inputs, training=False):
@@ -386,9 +395,7 @@ class DPVLPA(keras.Model):
         needs_classes = not (training and self.phase == "pretrain")
         if needs_classes:
             class_embeddings = self.class_embeddings(training=training)
-            # Scores stay float32 under a mixed-precision policy, as Keras
-            # keeps its output layers: bfloat16 would tie many of them.
-            logits = ops.cast(self.classify(queries, class_embeddings), "float32")
+            logits = self.classify(queries, class_embeddings)
             outputs.update(
                 class_embeddings=class_embeddings,
                 logits=logits,
