@@ -210,6 +210,10 @@ class FeatureCache:
                 usable = (check.shape == shape and check.dtype == np.dtype(self.dtype)
                           and done.shape == (shape[0],))
                 del check  # closed before the file is reopened or recreated
+                if usable and done.all():
+                    # Complete: read-only, so that a cache on a read-only
+                    # file system or shared by others is read.
+                    return np.load(self.features_path, mmap_mode="r"), done.astype(bool)
                 if usable:
                     return np.load(self.features_path, mmap_mode="r+"), done.astype(bool)
             except (ValueError, EOFError):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from keras import ops
@@ -171,14 +173,24 @@ def test_a_complete_cache_in_a_read_only_folder_is_read(tmp_path, synthetic_trai
 
     model, paths, cache, features = _filled_cache(tmp_path, synthetic_train, 4)
 
-    def read_only_open(file, mode="r", *args, **kwargs):
-        if any(m in mode for m in "wa+"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(file))
-        return builtins.open(file, mode, *args, **kwargs)
+    real_open = builtins.open
+    refused = []
 
+    # Every file of the cache folder (the lock, numpy's memory maps) refuses
+    # writing, as on a read-only file system (root ignores file modes).
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if (isinstance(file, (str, Path)) and str(file).startswith(str(tmp_path))
+                and any(m in mode for m in "wax+")):
+            refused.append(Path(file).name)
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
     monkeypatch.setattr(feature_cache, "open", read_only_open, raising=False)
     again = FeatureCache(tmp_path, model, paths, progress=False).load()
+    monkeypatch.undo()
     np.testing.assert_array_equal(np.array(again), features)
+    assert refused == [cache.lock_path.name]  # the lock was tried, nothing else
 
 
 def test_a_full_disk_is_a_clear_error_before_any_row_is_written(tmp_path, synthetic_train,
