@@ -194,6 +194,35 @@ def test_fit_prints_the_table_and_writes_the_run_folder(tiny_run):
         assert (run / "checkpoints" / phase / "last.weights.h5").is_file()
 
 
+def test_reported_map_is_the_saved_models_ap_on_the_test_split(tiny_run):
+    # Independent of the pipeline's scoring and report code: the saved model
+    # scores the test images, sklearn computes the AP of each class.
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    import kdpvlpa.models  # noqa: F401  (registers the classes for loading)
+    import keras
+    from kdpvlpa.data import load_synthetic_lt
+    from kdpvlpa.training import load_training_image
+
+    train = load_synthetic_lt(tiny_run["data"], "train")
+    test = load_synthetic_lt(tiny_run["data"], "test")
+    model = keras.saving.load_model(tiny_run["run"] / "model.keras")
+    size = model.preprocessor.image_size
+    images = np.stack([load_training_image(p, size) for p in test.image_paths])
+    scores = model.predict(images, verbose=0)
+    labels = np.asarray(test.labels)
+    ap = np.array([average_precision_score(labels[:, c], scores[:, c]) * 100
+                   for c in range(labels.shape[1])])
+    freq = np.asarray(train.class_freq)
+    groups = {"total": freq >= 0, "head": freq >= 100,
+              "medium": (freq >= 20) & (freq < 100), "tail": freq < 20}
+    reported = tiny_run["metrics"]["map"]
+    for group, members in groups.items():
+        expected = ap[members].mean() if members.any() else None
+        assert _same(reported[group], expected), (group, reported[group], expected)
+
+
 def test_rerun_resumes_without_retraining(tiny_run):
     run = tiny_run["run"]
     files = [run / "checkpoints" / p / f for p in ("pretrain", "finetune")
@@ -239,6 +268,25 @@ def _copy_run(tiny_run, tmp_path):
 def _snapshot(run):
     return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*"))
             if p.is_file() and p.name != ".lock"}
+
+
+def test_finetune_alone_starts_from_the_phase_one_weights(tiny_run, tmp_path):
+    # Phase 1 done, phase 2 not started: `--phase finetune` must load phase 1's
+    # weights and then train as the one-command run did (epochs are seeded).
+    import shutil
+
+    run = _copy_run(tiny_run, tmp_path)
+    shutil.rmtree(run / "checkpoints" / "finetune")
+    for name in ("model.keras", "metrics.json", "per_class_ap.csv", "per_class_ap.png"):
+        (run / name).unlink()
+    pretrain = _snapshot(run / "checkpoints" / "pretrain")
+    result = _invoke(*_fit_args(tiny_run["data"], run), "--phase", "finetune")
+    assert result.exit_code == 0, result.output
+    assert "Phase 1" not in result.output and "Phase 2" in result.output
+    assert _snapshot(run / "checkpoints" / "pretrain") == pretrain
+    again = _strict_json(run / "metrics.json")
+    for group in GROUPS:
+        assert _same(again["map"][group], tiny_run["metrics"]["map"][group]), group
 
 
 def test_pretrain_phase_on_a_finished_run_keeps_the_fine_tuned_model(tiny_run, tmp_path):

@@ -353,32 +353,31 @@ def test_loss_classes_match_functions_and_round_trip():
             losses.GlobalContrastiveLoss(temperature=0.1),
             None,
             {"image_queries": q, "text_cls": t},
-            losses.global_contrastive_loss(q, t, 0.1),
+            lambda tau: losses.global_contrastive_loss(q, t, tau),
         ),
         (
             losses.QueryContrastiveLoss(temperature=0.1),
             None,
             {"image_queries": q, "text_tokens": tokens, "token_mask": mask},
-            losses.query_contrastive_loss(q, tokens, mask, 0.1),
+            lambda tau: losses.query_contrastive_loss(q, tokens, mask, tau),
         ),
         (
             losses.WeightedContrastiveLoss(temperature=0.1, class_freq=freq),
             y,
             {"image_queries": q, "text_cls": t, "class_embeddings": e},
-            losses.weighted_contrastive_loss(
-                q, t, losses.dqr_weights(q, e, y, freq), 0.1
+            lambda tau: losses.weighted_contrastive_loss(
+                q, t, losses.dqr_weights(q, e, y, freq), tau
             ),
         ),
     ]
     for loss, y_true, y_pred, expected in cases:
-        assert float(loss(y_true, y_pred)) == pytest.approx(float(expected), rel=1e-6)
+        assert float(loss(y_true, y_pred)) == pytest.approx(float(expected(0.1)), rel=1e-6)
         # A temperature in y_pred (the model's learnable τ) overrides the
         # constructor's.
-        y_pred_tau = dict(y_pred, temperature=keras.Variable(0.1))
+        y_pred_tau = dict(y_pred, temperature=keras.Variable(0.3))
         got = keras.ops.convert_to_numpy(loss(y_true, y_pred_tau))
-        assert float(got) == pytest.approx(
-            float(expected), rel=1e-6
-        )
+        assert float(got) == pytest.approx(float(expected(0.3)), rel=1e-6)
+        assert abs(float(expected(0.3)) - float(expected(0.1))) > 1e-3
         restored = keras.saving.deserialize_keras_object(
             keras.saving.serialize_keras_object(loss)
         )

