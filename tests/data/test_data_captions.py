@@ -36,9 +36,26 @@ def test_jsonl_in_split_order_with_str_and_int_ids(tmp_path):
 
 
 def test_packaged_lmpt_format():
-    ids = load_split("coco_lt", "train")["image_ids"]
-    captions = load_caption_file(split_file_path("coco_lt", "train_captions_lmpt"), ids[::-1][:3])
-    assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
+    split = load_split("coco_lt", "train")
+    ids = split["image_ids"]
+    path = split_file_path("coco_lt", "train_captions_lmpt")
+    wanted = ids[::-1][:3] + ids[500:502]  # from the end, then the middle
+    captions = load_caption_file(path, wanted)
+    # Each image's caption, read straight from the packaged file.
+    packaged = json.loads(path.read_text(encoding="utf-8"))
+    by_id = dict(zip(packaged["image_ids"], packaged["captions"]))
+    assert captions == [by_id[i] for i in wanted]
+    assert len(set(captions)) == len(wanted)
+    # COCO ids are ints in the file; a string id finds the same caption.
+    assert load_caption_file(path, [str(ids[-1])]) == captions[:1]
+    # Read by eye from the file: image 16837 (labels person, train, backpack)
+    # is the train platform scene.
+    names = split["class_names"]
+    assert [names[c] for c in split["labels"][ids.index(16837)]] == [
+        "person", "train", "backpack"]
+    (platform,) = load_caption_file(path, [16837])
+    assert platform.startswith(
+        "Young children standing on a platform waiting for a train to arrive.")
 
 
 def test_missing_file(tmp_path):

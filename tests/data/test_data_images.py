@@ -7,15 +7,63 @@ from kdpvlpa.data import CorruptImageError, MissingImagesError, check_images, lo
 from lt_data_helpers import write_jpeg
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK"])
-def test_load_image_modes(tmp_path, mode):
-    image = Image.new(mode, (7, 5))
+def _random_image(mode, rng, size=(7, 5)):
+    """A (7 x 5) image of `mode` with random samples, and the RGB pixels
+    `load_image` promises for it, worked out here with numpy: gray repeated
+    over the three channels, palette indices looked up, alpha dropped (not
+    composited onto a background)."""
+    w, h = size
+    if mode == "1":
+        bits = rng.integers(0, 2, size=(h, w)).astype(bool)
+        gray = np.where(bits, 255, 0).astype(np.uint8)
+        return Image.fromarray(bits), np.repeat(gray[..., None], 3, axis=-1)
     if mode == "P":
-        image.info["transparency"] = 0
-    path = tmp_path / f"x.{'png' if mode != 'CMYK' else 'jpg'}"
+        palette = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)
+        index = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+        image = Image.fromarray(index, "L").convert("P")  # pixel values kept as indices
+        image.putpalette(palette.tobytes())
+        return image, palette[index]
+    channels = {"RGB": 3, "L": 1, "LA": 2, "RGBA": 4}[mode]
+    samples = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+    image = Image.fromarray(samples[..., 0] if channels == 1 else samples, mode)
+    if mode in ("L", "LA"):
+        return image, np.repeat(samples[..., :1], 3, axis=-1)
+    return image, samples[..., :3]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "LA", "RGBA", "P", "P-transparent", "1"])
+def test_load_image_converts_modes_pixel_by_pixel(tmp_path, mode):
+    rng = np.random.default_rng(len(mode))
+    image, expected = _random_image(mode.split("-")[0], rng)
+    if mode == "P-transparent":
+        image.info["transparency"] = int(np.asarray(image)[0, 0])  # a used colour
+    path = tmp_path / "x.png"
     image.save(path)
+    with Image.open(path) as saved:  # the file really holds that mode
+        assert saved.mode == mode.split("-")[0]
+        assert ("transparency" in saved.info) == (mode == "P-transparent")
     pixels = load_image(path)
     assert pixels.shape == (5, 7, 3) and pixels.dtype == np.uint8
+    assert len(np.unique(expected.reshape(-1, 3), axis=0)) >= 2  # not a constant image
+    np.testing.assert_array_equal(pixels, expected)
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".jpg"])
+def test_load_image_cmyk_matches_pillow_conversion(tmp_path, suffix):
+    rng = np.random.default_rng(3)
+    cmyk = rng.integers(0, 256, size=(5, 7, 4), dtype=np.uint8)
+    cmyk[:2, :, 3] = 0  # no black ink in the top rows
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(cmyk, "CMYK").save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == "CMYK"
+        reference = np.asarray(saved.convert("RGB"))
+    pixels = load_image(path)
+    assert pixels.shape == (5, 7, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, reference)
+    if suffix == ".tiff":
+        # Lossless: without black ink, each colour is 255 minus its ink.
+        np.testing.assert_array_equal(pixels[:2], 255 - cmyk[:2, :, :3])
 
 
 def test_load_image_corrupt_names_file(tmp_path):

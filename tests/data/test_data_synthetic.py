@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from kdpvlpa.data import (
-    load_caption_file,
     load_dataset,
     load_image,
     load_lt_split,
@@ -52,10 +51,17 @@ def test_written_format_loads_through_generic_loader(synthetic_root):
     for key in ("train_class_freq", "test_pos_count", "num_images_without_labels", "head"):
         assert key in test_split
     assert not split["image_paths"][0].startswith("/")
+    # Images spread over the split and asked for out of order: the dataset
+    # keeps split order, and each image gets its own caption from the file.
+    wanted = split["image_ids"][3::41][::-1]
     ds = load_lt_split(synthetic_root / FILES[0], synthetic_root,
-                       captions_json=synthetic_root / FILES[2], image_ids=split["image_ids"][:5])
-    assert ds.num_images == 5 and ds.name == "synthetic_lt"
-    assert ds.captions == load_caption_file(synthetic_root / FILES[2], ds.image_ids)
+                       captions_json=synthetic_root / FILES[2], image_ids=wanted)
+    assert ds.num_images == len(wanted) == 10 and ds.name == "synthetic_lt"
+    assert ds.image_ids == wanted[::-1]
+    caption_file = json.loads((synthetic_root / FILES[2]).read_text())
+    by_id = dict(zip(caption_file["image_ids"], caption_file["captions"]))
+    assert ds.captions == [by_id[i] for i in ds.image_ids]
+    assert len(set(ds.captions)) > 1
     same = load_dataset("synthetic", synthetic_root, "train", image_ids=ds.image_ids)
     np.testing.assert_array_equal(same.labels, ds.labels)
 

@@ -600,3 +600,76 @@ def test_cli_strict_validation_reaches_the_records(tmp_path, tiny_split_files,
                                          "--strict-validation"])
     assert result.exit_code == 0, result.output
     assert [r["validation"] for r in read(strict)] == ["strict"] * 4
+
+
+def test_cli_sampling_chat_template_and_original_caption_options_reach_the_run(
+        tmp_path, monkeypatch):
+    import importlib.resources
+
+    import llm_gen.cli
+
+    # The CLI builds a scripted backend in place of the transformers one and
+    # hands it the sampling settings and options it would have built it with.
+    built = []
+
+    def scripted_transformers(name, sampling=None, **options):
+        backend = ScriptedBackend(always_valid)
+        backend.name, backend.model, backend.sampling = name, options["model"], sampling
+        built.append((name, options, backend))
+        return backend
+
+    monkeypatch.setattr(llm_gen.cli, "make_backend", scripted_transformers)
+    template = tmp_path / "chat.jinja"
+    template_text = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    template.write_text(template_text)
+    model_dir = tmp_path / "gemma"
+    model_dir.mkdir()
+    runner = CliRunner()
+    args = ["generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
+            "--model", str(model_dir), "--limit", "2", "--quiet", "--temperature", "0.25",
+            "--top-p", "0.5", "--max-tokens", "64", "--seed", "7",
+            "--chat-template", str(template)]
+    out = tmp_path / "plain.jsonl"
+    result = runner.invoke(main, args + ["--out", str(out), "--no-original-captions"])
+    assert result.exit_code == 0, result.output
+    (name, options, backend), = built
+    assert name == "transformers" and options["chat_template"] == template_text
+    records = read(out)
+    assert [r["image_id"] for r in records] == ["2008_000023", "2008_000028"]
+    sent_seeds = backend.calls[0][1]
+    for record, seed in zip(records, sent_seeds):
+        assert record["sampling"] == {"temperature": 0.25, "top_p": 0.5, "max_tokens": 64,
+                                      "seed": 7, "image_seed": seed}
+        assert record["original_caption"] is None
+    for conversation in backend.calls[0][0]:
+        assert conversation[1]["content"].startswith(
+            "Generate a detailed scene description based on: labels [")
+
+    # Without the flag, the prompt quotes the packaged LMPT caption of each
+    # image, read here straight from the packaged file.
+    lmpt = json.loads((importlib.resources.files("kdpvlpa.data") / "splits"
+                       / "voc_lt_train_captions_lmpt.json").read_text(encoding="utf-8"))
+    lmpt = dict(zip(lmpt["image_ids"], lmpt["captions"]))
+    assert lmpt["2008_000023"] == ("a bottle of beer and a candle on a table with pizza "
+                                   "and a television.")
+    built.clear()
+    out = tmp_path / "quoted.jsonl"
+    result = runner.invoke(main, args + ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (_, _, backend), = built
+    for record, conversation in zip(read(out), backend.calls[0][0]):
+        assert record["original_caption"] == lmpt[record["image_id"]]
+        assert conversation[1]["content"].startswith(
+            "Generate a detailed scene description based on: caption "
+            f"\"{lmpt[record['image_id']]}\" and labels [")
+
+    # Values the options cannot take are refused with the option named.
+    result = runner.invoke(main, args + ["--out", str(out), "--top-p", "0"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--top-p': 0.0 is not in the range 0<x<=1" in result.output
+    result = runner.invoke(main, args + ["--out", str(out), "--chat-template",
+                                         str(tmp_path / "absent.jinja")])
+    assert result.exit_code == 2
+    assert "Invalid value for '--chat-template'" in result.output
+    assert "absent.jinja' does not exist" in result.output
+    assert len(read(out)) == 2

@@ -6,6 +6,7 @@ import json
 from click.testing import CliRunner
 
 from kdpvlpa.cli import main
+from kdpvlpa.data import load_split as load_packaged_split
 from llm_gen.stats import caption_stats
 
 
@@ -59,4 +60,11 @@ def test_merge_infers_a_packaged_dataset(tmp_path):
     assert result.exit_code == 0
     stats = json.loads(result.output)
     assert stats["images"] == 1142 and stats["duplicate_images"] == 0
-    assert stats["tail_instances"] == 72
+    # Tail instances are (image, tail class) pairs: counted here from the
+    # packaged split's own labels and tail list, and, since class_freq counts
+    # training images per class, equal to the tail classes' summed frequency.
+    voc = load_packaged_split("voc_lt", "train")
+    tail = set(voc["tail"])
+    pairs = sum(len(set(labels) & tail) for labels in voc["labels"])
+    assert pairs == sum(voc["class_freq"][c] for c in tail)
+    assert stats["tail_instances"] == pairs
