@@ -63,6 +63,38 @@ _SPLIT_FILE = click.option(
 )
 
 
+# Options that only some backends read. Given on the command line to another
+# backend they would be silently ignored (say a sampling setting with the
+# template backend, when --model was forgotten), so they are refused.
+_BACKEND_OPTIONS = {
+    "tensor_parallel_size": ("vllm",),
+    "engine_args": ("vllm",),
+    "chat_template": ("vllm", "transformers"),
+    "dtype": ("transformers",),
+    "device": ("transformers",),
+    "micro_batch_size": ("transformers",),
+    "api_key": ("openai",),
+    "concurrency": ("openai",),
+    **{name: ("vllm", "transformers", "openai")
+       for name in ("temperature", "top_p", "max_tokens", "seed", "max_attempts")},
+}
+
+
+def _refuse_options_of_other_backends(ctx, backend):
+    given = [name for name, backends in _BACKEND_OPTIONS.items()
+             if backend not in backends
+             and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        options = {p.name: p.opts[-1] for p in ctx.command.params}
+        readers = sorted({b for name in given for b in _BACKEND_OPTIONS[name]})
+        raise click.UsageError(
+            f"{', '.join(options[name] for name in given)} "
+            f"{'does' if len(given) == 1 else 'do'} not apply to the {backend} backend "
+            f"(read by: {', '.join(readers)})."
+            + (" Give --model for an LLM." if backend == "template" else "")
+        )
+
+
 @click.command("generate-captions",
                short_help="Write STAG captions for a training split as JSONL.")
 @_DATASET
@@ -152,14 +184,13 @@ def generate_captions_command(dataset, split_file, original_captions,
         raise click.UsageError(f"--backend {backend} needs --model (a local model folder).")
     if backend == "openai" and not base_url:
         raise click.UsageError("--backend openai needs --base-url.")
-    if engine_kwargs and backend != "vllm":
-        raise click.UsageError("--engine-arg applies to the vllm backend only.")
     if backend == "template" and model:
         raise click.UsageError(
             "--backend template writes the deterministic template captions and "
             "uses no model; drop --model, or choose --backend vllm, transformers "
             "or openai."
         )
+    _refuse_options_of_other_backends(click.get_current_context(), backend)
 
     split = _load_split_or_fail(dataset, split_file, original_captions, no_original_captions)
     sampling = SamplingSettings(temperature=temperature, top_p=top_p,

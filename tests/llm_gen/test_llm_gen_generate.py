@@ -673,3 +673,35 @@ def test_cli_sampling_chat_template_and_original_caption_options_reach_the_run(
     assert "Invalid value for '--chat-template'" in result.output
     assert "absent.jinja' does not exist" in result.output
     assert len(read(out)) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "0.2"], "--temperature does not apply to the template backend"),
+    (["--top-p", "0.5", "--seed", "3"], "--top-p, --seed do not apply to the template"),
+    (["--chat-template", "{tmpl}"], "--chat-template does not apply to the template"),
+    (["--base-url", "http://localhost:1/v1", "--micro-batch-size", "2"],
+     "--micro-batch-size does not apply to the openai backend (read by: transformers)"),
+    (["--model", "m", "--backend", "vllm", "--concurrency", "3"],
+     "--concurrency does not apply to the vllm backend (read by: openai)"),
+    (["--model", "m", "--backend", "transformers", "--engine-arg", "a=1"],
+     "--engine-arg does not apply to the transformers backend (read by: vllm)"),
+])
+def test_options_another_backend_reads_are_refused(tmp_path, args, message):
+    template = tmp_path / "chat.jinja"
+    template.write_text("{{ messages }}")
+    out = tmp_path / "c.jsonl"
+    args = [a.replace("{tmpl}", str(template)) for a in args]
+    result = CliRunner().invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                       "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_an_api_key_from_the_environment_is_no_error_for_other_backends(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("KDPVLPA_LLM_API_KEY", "secret")
+    out = tmp_path / "c.jsonl"
+    result = CliRunner().invoke(main, ["generate-captions", "--dataset", "voc_lt",
+                                       "--out", str(out), "--limit", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 2
