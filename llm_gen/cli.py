@@ -73,6 +73,7 @@ _BACKEND_OPTIONS = {
     "dtype": ("transformers",),
     "device": ("transformers",),
     "micro_batch_size": ("transformers",),
+    "base_url": ("openai",),
     "api_key": ("openai",),
     "concurrency": ("openai",),
     **{name: ("vllm", "transformers", "openai")
@@ -233,7 +234,7 @@ def generate_captions_command(dataset, split_file, original_captions,
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Rerun the same command to resume: finished "
+        click.echo("Interrupted. Rerun the same command to resume: finished "
                    "images are kept.", err=True)
         sys.exit(130)
     click.echo(

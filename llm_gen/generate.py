@@ -270,7 +270,9 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         shard: `Shard`. The part of the split this run handles.
         limit: int or None. Only the first `limit` images of the shard.
         progress: callable(n) or None, called with the number of images
-            newly finished (first with those an earlier run finished).
+            newly finished: first with those an earlier run finished, then
+            with 0 once the backend is ready, then per image (template) or
+            per batch once its records are on disk (LLM backends).
         log: callable(str) or None, for messages about the file.
         settings: dict or None. With a backend factory: `run_settings` of the
             backend it will build, so that a file written with other settings
@@ -324,13 +326,15 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
             writer.write(record)
             counts["written"] += 1
             counts[record["status"]] += 1
-            progress(1)
+            if backend.is_template:
+                progress(1)
 
         if not pending:
             return counts
         if owned:
             # A factory: the model is loaded only when there is work to do.
             backend = backend()
+        progress(0)  # the timed work starts now, after the model loaded
         try:
             if owned and done:
                 # The model name an openai server reports is known only now.
@@ -343,10 +347,15 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
                     for item in batch:
                         emit(_template_record(split, item, backend, shard,
                                               strict_validation))
+                    writer.sync()
                 else:
+                    # An LLM answers a whole batch at once: its records count
+                    # once they are on disk.
+                    written = counts["written"]
                     _run_batch(split, batch, backend, max_attempts, shard, emit,
                                strict_validation)
-                writer.sync()
+                    writer.sync()
+                    progress(counts["written"] - written)
         finally:
             if owned:
                 backend.close()

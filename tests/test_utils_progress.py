@@ -31,6 +31,18 @@ def test_log_gets_a_line_at_every_tenth(clock):
     assert "\r" not in log.getvalue()
 
 
+def test_update_zero_restarts_the_estimate(clock):
+    # 5 of 20 reported at once before a model loaded (300 s), update(0) once
+    # it is ready, then 3 in 30 s: 0.1 images/s, 12 left, 120 s.
+    bar = Progress(20, "captions", stream=io.StringIO())
+    bar.update(5)
+    clock[0] += 300
+    bar.update(0)
+    clock[0] += 30
+    bar.update(3)
+    assert bar.line().endswith("about 2m00s left)")
+
+
 def test_remaining_time_leaves_out_the_first_update(clock):
     # 10 images of 20 were done by an earlier run (one update at t = 0),
     # then 2 more in 40 s: 0.05 images/s, 8 left, 160 s.
@@ -54,6 +66,23 @@ def test_terminal_line_is_redrawn_and_ended(clock):
     assert out.count("\r") == 2
     assert out.endswith("captions: 3/3 images (100%, 1s)\x1b[K\n")
     assert "1/3 images" in out and "2/3" not in out
+
+
+def test_an_undrawn_state_is_drawn_before_a_wait_and_at_the_end(clock):
+    # A batch of records arrives at once: the throttle skips all but the first
+    # drawing; refresh (before the next long wait) and the end draw the rest.
+    term = Terminal()
+    with Progress(100, "captions", stream=term, unit="images") as bar:
+        for _ in range(40):
+            bar.update()
+        assert term.getvalue().endswith("1/100 images (1%, 0s)\x1b[K")
+        bar.refresh()
+        assert "40/100 images (40%, 0s" in term.getvalue().rsplit("\r", 1)[1]
+        bar.refresh()  # nothing new: no drawing
+        assert term.getvalue().count("\r") == 2
+        bar.update(5)
+    assert term.getvalue().rsplit("\r", 1)[1].startswith("captions: 45/100 images")
+    assert term.getvalue().endswith("\n")
 
 
 def test_break_line_only_after_a_terminal_line(clock):

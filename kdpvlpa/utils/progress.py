@@ -50,10 +50,11 @@ class Progress:
         self._stream = stream
         self._start = time.monotonic()
         self._open_line = False
+        self._pending = False
         self._drawn = float("-inf")
         # The remaining time is estimated from the rate after the first
-        # update, which leaves out start-up (a model loading) and items an
-        # earlier run finished (reported in one go).
+        # update, or after the last `update(0)`: that leaves out start-up (a
+        # model loading) and items an earlier run finished (reported in one go).
         self._first = None
 
     @property
@@ -81,28 +82,47 @@ class Progress:
         return text
 
     def update(self, n=1):
-        """Adds `n` finished items and writes a line when one is due."""
+        """Adds `n` finished items and writes a line when one is due.
+
+        `update(0)` marks the start of the timed work (say, once a model has
+        loaded): the remaining time is estimated from the rate after it.
+        """
         before = self.done
         self.done = min(self.total, self.done + n)
-        if self._first is None:
+        if self._first is None or n == 0:
             self._first = (time.monotonic(), self.done)
         if self.hidden or self.total == 0:
             return
         if self._is_terminal():
             now = time.monotonic()
             if self.done < self.total and now - self._drawn < 0.2:
+                self._pending = True  # drawn by the next update or `refresh`
                 return
-            self._drawn = now
-            self.stream.write("\r" + self.line() + "\033[K")
-            self._open_line = True
+            self._draw(now)
         elif (self.done == self.total and before < self.total) or (
             self.done * 10 // self.total != before * 10 // self.total
         ):
             self.stream.write(self.line() + "\n")
         self.stream.flush()
 
+    def _draw(self, now):
+        self._drawn = now
+        self._pending = False
+        self.stream.write("\r" + self.line() + "\033[K")
+        self._open_line = True
+
+    def refresh(self):
+        """Draws a terminal state that a quick run of updates left undrawn.
+
+        Call it before a long wait, so that the line shows the latest count.
+        """
+        if self._pending and not self.hidden:
+            self._draw(time.monotonic())
+            self.stream.flush()
+
     def break_line(self):
         """Ends the terminal line, so that another message starts on its own."""
+        self.refresh()
         if self._open_line:
             self.stream.write("\n")
             self.stream.flush()

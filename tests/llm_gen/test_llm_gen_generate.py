@@ -685,6 +685,8 @@ def test_cli_sampling_chat_template_and_original_caption_options_reach_the_run(
      "--concurrency does not apply to the vllm backend (read by: openai)"),
     (["--model", "m", "--backend", "transformers", "--engine-arg", "a=1"],
      "--engine-arg does not apply to the transformers backend (read by: vllm)"),
+    (["--model", "m", "--backend", "vllm", "--base-url", "http://localhost:1/v1"],
+     "--base-url does not apply to the vllm backend (read by: openai)"),
 ])
 def test_options_another_backend_reads_are_refused(tmp_path, args, message):
     template = tmp_path / "chat.jinja"
@@ -705,3 +707,25 @@ def test_an_api_key_from_the_environment_is_no_error_for_other_backends(tmp_path
                                        "--out", str(out), "--limit", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_progress_counts_an_llm_batch_once_its_records_are_on_disk(split, tmp_path):
+    out = tmp_path / "c.jsonl"
+    calls, lines = [], []
+
+    def progress(n):
+        calls.append(n)
+        lines.append(len(out.read_text().splitlines()))
+
+    generate_captions(split, ScriptedBackend(always_valid), out, batch_size=5, limit=4)
+    generate_captions(split, ScriptedBackend(always_valid), out, batch_size=5, limit=12,
+                      progress=progress)
+    # The 4 done before, 0 once the backend is ready, then per batch of 5.
+    assert calls == [4, 0, 5, 3]
+    assert lines == [4, 4, 9, 12]  # each count is already in the file
+    calls.clear()
+    from llm_gen.backends import make_backend
+
+    generate_captions(split, make_backend("template"), tmp_path / "t.jsonl", limit=3,
+                      progress=calls.append)
+    assert calls == [0, 1, 1, 1]  # the template backend counts per image
