@@ -19,16 +19,21 @@ def gemma_like_model(tmp_path_factory):
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model", system_role=False)
 
 
-def test_transformers_backend_retries_then_falls_back(gemma_like_model, tmp_path):
-    out = tmp_path / "c.jsonl"
+def _generate(model, out, *options):
+    """`generate-captions` with the transformers backend on VOC-LT's first
+    images; the records written."""
     result = CliRunner().invoke(main, [
         "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
-        "--model", gemma_like_model, "--out", str(out), "--limit", "3",
-        "--max-attempts", "2", "--max-tokens", "8", "--device", "cpu",
-        "--micro-batch-size", "2",
+        "--model", model, "--out", str(out), "--max-tokens", "8", "--device", "cpu",
+        *options,
     ])
     assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_transformers_backend_retries_then_falls_back(gemma_like_model, tmp_path):
+    records = _generate(gemma_like_model, tmp_path / "c.jsonl", "--limit", "3",
+                        "--max-attempts", "2", "--micro-batch-size", "2")
     split = load_split("voc_lt")
     assert [r["image_id"] for r in records] == split.image_ids[:3]
     for record, item in zip(records, split.items):
@@ -77,15 +82,9 @@ def _reference_answers(model_dir, records, items, seed_of=lambda record: 0,
 def test_greedy_answers_are_the_models_continuation(gemma_like_model, tmp_path):
     # Temperature 0 is greedy decoding; one prompt per generate() call, so no
     # padding: the answers must be exactly what the model itself continues.
-    out = tmp_path / "greedy.jsonl"
-    result = CliRunner().invoke(main, [
-        "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
-        "--model", gemma_like_model, "--out", str(out), "--limit", "2",
-        "--max-attempts", "2", "--max-tokens", "8", "--device", "cpu",
-        "--micro-batch-size", "1", "--temperature", "0", "--quiet",
-    ])
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = _generate(gemma_like_model, tmp_path / "greedy.jsonl", "--limit", "2",
+                        "--max-attempts", "2", "--micro-batch-size", "1",
+                        "--temperature", "0", "--quiet")
     items = load_split("voc_lt").items[:2]
     logged = [a["output"] for r in records for a in r["failed_attempts"]]
     reference = _reference_answers(gemma_like_model, records, items, do_sample=False)
@@ -104,15 +103,9 @@ def test_sampled_answers_follow_the_recorded_seed_and_settings(gemma_like_model,
     # distribution is nearly flat, so the default 0.7 / 0.9 and e.g. 1.5 / 0.95
     # draw the same tokens; 0.1 / 0.3 draws other ones, and so shows that both
     # settings reach generate().
-    out = tmp_path / "sampled.jsonl"
-    result = CliRunner().invoke(main, [
-        "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
-        "--model", gemma_like_model, "--out", str(out), "--limit", "2",
-        "--max-attempts", "1", "--max-tokens", "8", "--device", "cpu",
-        "--micro-batch-size", "1", "--temperature", "0.1", "--top-p", "0.3", "--quiet",
-    ])
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = _generate(gemma_like_model, tmp_path / "sampled.jsonl", "--limit", "2",
+                        "--max-attempts", "1", "--micro-batch-size", "1",
+                        "--temperature", "0.1", "--top-p", "0.3", "--quiet")
     assert [r["sampling"]["temperature"] for r in records] == [0.1, 0.1]
     assert [r["sampling"]["top_p"] for r in records] == [0.3, 0.3]
     items = load_split("voc_lt").items[:2]
