@@ -114,6 +114,12 @@ def load_coco_captions(json_path, image_ids):
     return [" ".join(by_image[int(i)]) for i in image_ids]
 
 
+def _degenerate(ann):
+    box = ann.get("bbox")
+    width, height = (box[2], box[3]) if box is not None and len(box) == 4 else (1, 1)
+    return ann.get("area", 1) <= 0 or width < 1 or height < 1
+
+
 def load_coco_labels_from_instances(json_path, image_ids, class_names, include_crowd=True):
     """Multi-hot labels from a COCO `instances_*.json` file.
 
@@ -126,6 +132,10 @@ def load_coco_labels_from_instances(json_path, image_ids, class_names, include_c
         class_names: list of str. Expected names in column order; compared
             with the file's category names (spaces and underscores alike).
         include_crowd: bool. Count `iscrowd=1` annotations as positives.
+
+    As DBL's parser, which made the COCO-LT labels, an annotation marked
+    `ignore`, or with no area or a box under 1 pixel wide or high, is not
+    a positive.
 
     Returns:
         `np.ndarray` of shape `(len(image_ids), len(class_names))`, float32.
@@ -165,6 +175,8 @@ def load_coco_labels_from_instances(json_path, image_ids, class_names, include_c
     for ann in data["annotations"]:
         r = row.get(int(ann["image_id"]))
         if r is None or (not include_crowd and ann.get("iscrowd", 0)):
+            continue
+        if ann.get("ignore", False) or _degenerate(ann):
             continue
         labels[r, column[int(ann["category_id"])]] = 1.0
     return labels

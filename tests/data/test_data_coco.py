@@ -125,6 +125,28 @@ def test_category_id_mapping(coco_root):
         load_coco_lt(root, "test", image_ids=test_ids, check_labels=True)
 
 
+def test_annotations_dbl_skipped_are_not_positives(coco_root):
+    # DBL's parser (which made the split's labels) skips an annotation marked
+    # ignore, with area <= 0, or with a box under 1 pixel wide or high.
+    root, _, test_ids = coco_root
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    box = lambda w, h: {"bbox": [5.0, 5.0, w, h], "area": w * h}  # noqa: E731
+    data["annotations"] = [
+        {"image_id": test_ids[0], "category_id": 1, "iscrowd": 0, **box(0.5, 20.0)},
+        {"image_id": test_ids[0], "category_id": 2, "iscrowd": 0, **box(20.0, 0.9)},
+        {"image_id": test_ids[0], "category_id": 3, "iscrowd": 0, "bbox": [1, 1, 4, 4],
+         "area": 0.0},
+        {"image_id": test_ids[0], "category_id": 4, "iscrowd": 0, "ignore": 1, **box(9, 9)},
+        {"image_id": test_ids[0], "category_id": 5, "iscrowd": 0, **box(1.0, 1.0)},
+        {"image_id": test_ids[1], "category_id": 1, "iscrowd": 1, **box(30.0, 40.0)},
+    ]
+    path.write_text(json.dumps(data))
+    labels = load_coco_labels_from_instances(path, test_ids, COCO_NAMES)
+    assert np.flatnonzero(labels[0]).tolist() == [COCO_CATEGORY_IDS.index(5)]
+    assert np.flatnonzero(labels[1]).tolist() == [0]  # a crowd box counts, as in DBL
+
+
 def test_missing_images(coco_root):
     root, _, _ = coco_root
     with pytest.raises(MissingImagesError) as info:
