@@ -474,29 +474,33 @@ def apply_overrides(recipe, overrides):
 
 
 def recipes_dir():
-    """The repository's `recipes/` folder (next to the `kdpvlpa` package).
+    """The folder of the named recipes.
+
+    In an installed wheel they are the package's copy (`kdpvlpa/recipe_files`);
+    in a source checkout (the editable install), the repository's `recipes/`
+    folder next to the `kdpvlpa` package, where edits take effect at once.
 
     Returns:
         `Path`.
 
     Raises:
-        RecipeError: the folder does not exist (e.g. a non-editable install).
+        RecipeError: neither folder exists.
 
     Example:
-    >>> recipes_dir().name
-    'recipes'
+    >>> recipes_dir().name in ("recipes", "recipe_files")
+    True
     """
     import kdpvlpa
 
-    folder = Path(kdpvlpa.__file__).resolve().parents[1] / "recipes"
-    if not folder.is_dir():
-        raise RecipeError(
-            f"The recipes folder was not found at {folder}. Recipes are looked "
-            "up next to the kdpvlpa package, which holds for the supported "
-            "editable install of the repository (pip install -e .). Pass the "
-            "path of a .toml file instead of a name."
-        )
-    return folder
+    package = Path(kdpvlpa.__file__).resolve().parent
+    for folder in (package / "recipe_files", package.parent / "recipes"):
+        if folder.is_dir():
+            return folder
+    raise RecipeError(
+        f"No recipes folder: neither {package / 'recipe_files'} (an installed wheel) "
+        f"nor {package.parent / 'recipes'} (a source checkout) exists. Reinstall "
+        "kdpvlpa, or pass the path of a .toml file instead of a name."
+    )
 
 
 def available_recipes():
