@@ -170,9 +170,18 @@ def test_names_paths_and_files(tmp_path, monkeypatch):
     bad.write_text("[data\n")
     with pytest.raises(RecipeError, match="Recipe 'bad' is not valid TOML"):
         load_recipe(str(bad))
-    monkeypatch.setattr(kdpvlpa, "__file__", str(tmp_path / "pkg" / "kdpvlpa" / "__init__.py"))
-    with pytest.raises(RecipeError, match=r"recipes folder was not found.*pip install -e \."):
+    package = tmp_path / "pkg" / "kdpvlpa"
+    monkeypatch.setattr(kdpvlpa, "__file__", str(package / "__init__.py"))
+    with pytest.raises(RecipeError, match=r"No recipes folder: neither .*recipe_files "
+                                          r"\(an installed wheel\) nor .*recipes \(a source"):
         load_recipe("demo")
+    # A source checkout's recipes/, and an installed wheel's copy before it.
+    checkout, wheel = package.parent / "recipes", package / "recipe_files"
+    for folder, name in ((checkout, "mine"), (wheel, "packaged")):
+        folder.mkdir(parents=True)
+        (folder / f"{name}.toml").write_text('[model]\nqformer_preset = "minilm"\n')
+        assert available_recipes() == [name]
+        assert load_recipe(name).name == name
 
 
 @pytest.mark.parametrize("override, message", [
