@@ -53,6 +53,11 @@ def test_remaining_time_leaves_out_the_first_update(clock):
     clock[0] += 40
     bar.update(2)
     assert bar.line() == "captions: 12/20 images (60%, 5m40s, about 2m40s left)"
+    fast = Progress(100, "x", stream=io.StringIO())
+    fast.update(0)
+    clock[0] += 1
+    fast.update(98)  # 2 left at 98 a second: under a second, not shown
+    assert fast.line() == "x: 98/100 items (98%, 1s)"
 
 
 def test_terminal_line_is_redrawn_and_ended(clock):

@@ -77,7 +77,9 @@ class Progress:
             if self._first is not None and self._first[1] < self.done < self.total:
                 since, count = self._first
                 rate = (self.done - count) / max(time.monotonic() - since, 1e-9)
-                text += f", about {_duration((self.total - self.done) / rate)} left"
+                left = (self.total - self.done) / rate
+                if left >= 1:  # "about 0s left" says nothing
+                    text += f", about {_duration(left)} left"
             text += ")"
         return text
 
