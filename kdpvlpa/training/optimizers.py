@@ -35,8 +35,8 @@ class AdamW(keras.optimizers.AdamW):
     For float32 variables the results equal Keras' to rounding; for
     lower-precision variables the kernel computes in float32 internally, so
     they are a little more accurate than Keras'. `amsgrad=True`, other
-    backends, gradient accumulation and devices without the kernel use
-    Keras' implementation.
+    backends, gradient accumulation, devices without the kernel and
+    `jit_compile=True` use Keras' implementation.
     """
 
     def _fused(self):
@@ -45,6 +45,10 @@ class AdamW(keras.optimizers.AdamW):
             and hasattr(torch, "_fused_adamw_")
             and not self.amsgrad
             and not self.gradient_accumulation_steps
+            # Inside `compile(jit_compile=True)` (torch.compile), the kernel's
+            # in-place update of graph tensors is refused; Keras' update
+            # compiles.
+            and not torch.compiler.is_compiling()
         )
 
     def _apply_weight_decay(self, variables):

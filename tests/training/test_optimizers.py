@@ -69,3 +69,20 @@ def test_fused_adamw_handles_strided_variables_and_gradients():
     for got, want in zip(run(AdamW(**kwargs)), run(keras.optimizers.AdamW(**kwargs))):
         # A wrong element order would be off by ~0.1 (the step size).
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_make_optimizer_trains_under_jit_compile():
+    # torch.compile refuses the fused kernel's in-place update; under
+    # `jit_compile=True` the optimizer takes Keras' update (~25 s: compiling).
+    def fit(jit_compile):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        model.compile(optimizer=make_optimizer(8, warmup_steps=0), loss="mse",
+                      jit_compile=jit_compile)
+        x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+        model.fit(x, 2 * x[:, :4], batch_size=8, epochs=2, verbose=0)
+        return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+    for got, want in zip(fit(True), fit(False)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
