@@ -760,3 +760,47 @@ def test_temperature_stays_in_range_after_optimizer_steps():
             optimizer.apply([torch.tensor(grad)], [model.temperature])
         assert float(_np(model.temperature)) == pytest.approx(bound)
 
+
+
+def test_each_compile_sets_its_phases_metrics_and_pretraining_takes_no_labels():
+    from kdpvlpa.metrics import MeanAveragePrecision
+
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    model.compile(optimizer="adam", phase="finetune", class_freq=labels.sum(0),
+                  co_occurrence=co_occurrence_matrix(labels), metrics=[MeanAveragePrecision()])
+    assert "map" in model.fit(x, labels, batch_size=4, verbose=0).history
+    # Keras would keep the old metric, logged as a stale 0.0 in pretraining.
+    model.compile(optimizer="adam", phase="pretrain")
+    assert sorted(model.fit(x, batch_size=4, verbose=0).history) == [
+        "gcl_loss", "loss", "qcl_loss"]
+    with pytest.raises(ValueError, match="takes no `metrics`"):
+        model.compile(optimizer="adam", phase="pretrain", metrics=[MeanAveragePrecision()])
+    with pytest.raises(ValueError, match="takes no targets `y`"):
+        model.fit(x, labels, batch_size=4, verbose=0)
+    with pytest.raises(ValueError, match="use it with jit_compile=False"):
+        model.compile(optimizer="adam", phase="finetune", class_freq=labels.sum(0),
+                      co_occurrence=co_occurrence_matrix(labels),
+                      metrics=[MeanAveragePrecision()], jit_compile=True)
+
+
+def test_new_class_names_after_compiling_ask_for_a_new_compile():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    model.set_class_names(["cat", "horse"])
+    assert model.predict(x["images"], verbose=0).shape == (4, 2)
+    with pytest.raises(ValueError, match="compiled for phase='finetune' with 3 classes and "
+                                         r"now has 2 \(`set_class_names`\)"):
+        model.evaluate(x, labels[:, :2], verbose=0)
+
+
+def test_a_non_finite_evaluation_loss_names_the_data_not_the_run():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    features = _np(model.encode_images(x["images"])).copy()
+    features[0, 0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="not finite on the evaluation data: "
+                                                 "term.*Check the inputs"):
+        model.evaluate({"image_features": features}, labels, verbose=0)

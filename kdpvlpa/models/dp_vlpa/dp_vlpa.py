@@ -496,6 +496,21 @@ class DPVLPA(keras.Model):
                 "and METHOD.md rely on it), but `image_encoder.trainable` is True. "
                 "Set `model.image_encoder.trainable = False`."
             )
+        if metrics and phase == "pretrain":
+            raise ValueError(
+                "phase='pretrain' computes no class probabilities, so it takes no "
+                "`metrics`; give them when compiling for phase='finetune'."
+            )
+        from kdpvlpa.metrics import MeanAveragePrecision
+
+        if kwargs.get("jit_compile") is True and any(
+            isinstance(m, MeanAveragePrecision) for m in keras.tree.flatten(metrics or [])
+        ):
+            raise ValueError(
+                "MeanAveragePrecision accumulates scores eagerly (NumPy), which "
+                "torch.compile cannot trace: use it with jit_compile=False (the "
+                "torch backend's default)."
+            )
         self._set_phase_trainable()
         names = ("gcl", "qcl") if phase == "pretrain" else ("cls", "gcl_dqr", "coa")
         # Kept out of Keras' layer tracking (the model is already built); the
@@ -503,6 +518,9 @@ class DPVLPA(keras.Model):
         object.__setattr__(
             self, "loss_trackers", {n: keras.metrics.Mean(name=f"{n}_loss") for n in names}
         )
+        # Keras keeps the metrics of an earlier compile when given none; here
+        # each compile sets its phase's metrics (none: no stale `map` logs).
+        self._compile_metrics = None
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def _set_phase_trainable(self):
@@ -586,6 +604,12 @@ class DPVLPA(keras.Model):
                 "need `token_ids` and `padding_mask` of the captions."
             )
         if self.phase == "pretrain":
+            if y is not None:
+                raise ValueError(
+                    "phase='pretrain' trains on image–caption pairs and takes no "
+                    "targets `y`; pass the inputs alone (labels are for "
+                    "phase='finetune')."
+                )
             terms = {"gcl": global_contrastive_loss(queries, y_pred["text_cls"], tau)}
             if self.qcl_weight:
                 terms["qcl"] = query_contrastive_loss(
@@ -594,6 +618,13 @@ class DPVLPA(keras.Model):
             return terms
         if y is None:
             raise ValueError("phase='finetune' needs multi-hot labels as targets `y`.")
+        if len(self.class_freq) != len(self.class_names):
+            raise ValueError(
+                f"The model was compiled for phase='finetune' with "
+                f"{len(self.class_freq)} classes and now has {len(self.class_names)} "
+                "(`set_class_names`). Compile again with the `class_freq` and "
+                "`co_occurrence` of the new classes."
+            )
         y = ops.cast(y, "float32")
         if len(y.shape) != 2 or y.shape[1] != len(self.class_names):
             raise ValueError(
@@ -639,10 +670,16 @@ class DPVLPA(keras.Model):
         if not math.isfinite(float(ops.convert_to_numpy(ops.stop_gradient(total)))):
             bad = [n for n, v in terms.items()
                    if not math.isfinite(float(ops.convert_to_numpy(ops.stop_gradient(v))))]
+            terms_text = ", ".join(bad) or "total"
+            if training:
+                raise FloatingPointError(
+                    f"The {self.phase} loss is not finite: term(s) {terms_text} "
+                    "became NaN or infinite. The run was stopped; the last checkpoint "
+                    "is intact. Lower the learning rate or check the inputs."
+                )
             raise FloatingPointError(
-                f"The {self.phase} loss is not finite: term(s) {', '.join(bad) or 'total'} "
-                "became NaN or infinite. The run was stopped; the last checkpoint "
-                "is intact. Lower the learning rate or check the inputs."
+                f"The {self.phase} loss is not finite on the evaluation data: term(s) "
+                f"{terms_text}. Check the inputs for NaN or infinite values."
             )
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value)
