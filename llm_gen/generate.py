@@ -326,8 +326,6 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
             writer.write(record)
             counts["written"] += 1
             counts[record["status"]] += 1
-            if backend.is_template:
-                progress(1)
 
         if not pending:
             return counts
@@ -343,18 +341,19 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
             size = batch_size if batch_size and batch_size > 0 else len(pending)
             for start in range(0, len(pending), size):
                 batch = pending[start:start + size]
+                written = counts["written"]
                 if backend.is_template:
                     for item in batch:
                         emit(_template_record(split, item, backend, shard,
                                               strict_validation))
-                    writer.sync()
+                        progress(1)
                 else:
-                    # An LLM answers a whole batch at once: its records count
-                    # once they are on disk.
-                    written = counts["written"]
                     _run_batch(split, batch, backend, max_attempts, shard, emit,
                                strict_validation)
-                    writer.sync()
+                writer.sync()
+                if not backend.is_template:
+                    # An LLM answers a whole batch at once: its records count
+                    # once they are on disk.
                     progress(counts["written"] - written)
         finally:
             if owned:

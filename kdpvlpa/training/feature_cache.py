@@ -209,11 +209,11 @@ class FeatureCache:
                 done = np.load(self.done_path)
                 usable = (check.shape == shape and check.dtype == np.dtype(self.dtype)
                           and done.shape == (shape[0],))
-                del check  # closed before the file is reopened or recreated
                 if usable and done.all():
-                    # Complete: read-only, so that a cache on a read-only
-                    # file system or shared by others is read.
-                    return np.load(self.features_path, mmap_mode="r"), done.astype(bool)
+                    # Complete: the read-only map, so that a cache on a
+                    # read-only file system or shared by others is read.
+                    return check, done.astype(bool)
+                del check  # closed before the file is reopened or recreated
                 if usable:
                     return np.load(self.features_path, mmap_mode="r+"), done.astype(bool)
             except (ValueError, EOFError):
