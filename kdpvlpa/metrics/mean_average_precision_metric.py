@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import torch
 from keras import ops
 
 from kdpvlpa.metrics.average_precision import GROUPS
@@ -39,9 +40,9 @@ class MeanAveragePrecision(keras.metrics.Metric):
 
     Keras asks every metric for its result after every batch, so this costs one
     AP computation over everything seen so far per batch; results are cached
-    until the next update. The metric converts tensors to NumPy in
-    `update_state`, so it runs eagerly: use it with `jit_compile=False` (the
-    torch backend's default).
+    until the next update. `update_state` and `result` work on NumPy and run
+    eagerly: under `jit_compile=True`, torch.compile leaves them out of its
+    graph (a graph break) and compiles the rest of the step.
 
     Before any update the result is 0.0 (as for Keras's built-in metrics);
     when no selected class has a positive it is NaN.
@@ -115,6 +116,9 @@ class MeanAveragePrecision(keras.metrics.Metric):
         self.tail_threshold = tail_threshold
         self._buffers = _Buffers()
 
+    # Kept out of torch.compile: traced, the NumPy code went to Inductor,
+    # whose generated C++ failed to build.
+    @torch.compiler.disable
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = np.asarray(ops.convert_to_numpy(y_true), dtype=np.float64)
         scores = np.asarray(ops.convert_to_numpy(y_pred), dtype=np.float64)
@@ -155,6 +159,7 @@ class MeanAveragePrecision(keras.metrics.Metric):
         buffers.weights.append(weights)
         buffers.version += 1
 
+    @torch.compiler.disable
     def result(self):
         buffers = self._buffers
         if buffers.cached is not None and buffers.cached[0] == buffers.version:

@@ -778,10 +778,6 @@ def test_each_compile_sets_its_phases_metrics_and_pretraining_takes_no_labels():
         model.compile(optimizer="adam", phase="pretrain", metrics=[MeanAveragePrecision()])
     with pytest.raises(ValueError, match="takes no targets `y`"):
         model.fit(x, labels, batch_size=4, verbose=0)
-    with pytest.raises(ValueError, match="use it with jit_compile=False"):
-        model.compile(optimizer="adam", phase="finetune", class_freq=labels.sum(0),
-                      co_occurrence=co_occurrence_matrix(labels),
-                      metrics=[MeanAveragePrecision()], jit_compile=True)
 
 
 def test_new_class_names_after_compiling_ask_for_a_new_compile():

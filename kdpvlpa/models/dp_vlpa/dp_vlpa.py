@@ -501,16 +501,6 @@ class DPVLPA(keras.Model):
                 "phase='pretrain' computes no class probabilities, so it takes no "
                 "`metrics`; give them when compiling for phase='finetune'."
             )
-        from kdpvlpa.metrics import MeanAveragePrecision
-
-        if kwargs.get("jit_compile") is True and any(
-            isinstance(m, MeanAveragePrecision) for m in keras.tree.flatten(metrics or [])
-        ):
-            raise ValueError(
-                "MeanAveragePrecision accumulates scores eagerly (NumPy), which "
-                "torch.compile cannot trace: use it with jit_compile=False (the "
-                "torch backend's default)."
-            )
         self._set_phase_trainable()
         names = ("gcl", "qcl") if phase == "pretrain" else ("cls", "gcl_dqr", "coa")
         # Kept out of Keras' layer tracking (the model is already built); the
