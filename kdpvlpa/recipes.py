@@ -22,6 +22,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdpvlpa.utils.files import atomic_write, read_text
+
 DATASETS = ("voc_lt", "coco_lt", "synthetic")
 CLASSIFICATION_LOSSES = ("bce", "asymmetric")
 
@@ -229,8 +231,6 @@ class Recipe:
         Example:
         >>> recipe.save("runs/demo/recipe.toml")  # doctest: +SKIP
         """
-        from kdpvlpa.utils.files import atomic_write
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = self.to_toml()
@@ -580,8 +580,6 @@ def load_recipe(name_or_path, overrides=()):
                 f"{', '.join(available_recipes()) or '(none)'}; or pass a path "
                 "to a .toml file."
             )
-    from kdpvlpa.utils.files import read_text
-
     try:
         text = read_text(path, "Recipe file", RecipeError)
     except OSError as error:
@@ -601,8 +599,6 @@ def saved_recipe_name(path):
     A run folder's `recipe.toml` is named by its stem when loaded; this
     recovers the name of the recipe it was resolved from ("voc_lt").
     """
-    from kdpvlpa.utils.files import read_text
-
     first = read_text(path, "Recipe file", RecipeError).split("\n", 1)[0]
     prefix = "# Resolved recipe "
     if not first.startswith(prefix):
