@@ -1,8 +1,9 @@
 """Progress of long loops, readable in a terminal and in a log file.
 
 A terminal gets one line redrawn in place. A log (stderr or stdout
-redirected to a file, a batch job) gets a plain line at every tenth of the
-work and at the end, so a run that takes an hour still shows how far it got.
+redirected to a file, a batch job) gets a plain line each time another tenth
+of the work is done (after each update that is larger) and at the end, so a
+run that takes an hour still shows how far it got.
 """
 
 import sys

@@ -791,6 +791,21 @@ def test_new_class_names_after_compiling_ask_for_a_new_compile():
         model.evaluate(x, labels[:, :2], verbose=0)
 
 
+def test_a_non_finite_training_loss_stops_fit_before_any_weight_changes():
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    _compile_finetune(model, labels)
+    features = _np(model.encode_images(x["images"])).copy()
+    features[0, 0, 0] = np.nan
+    before = _snapshot(model.weights)
+    with pytest.raises(FloatingPointError, match="term.*became NaN or infinite. fit was "
+                                                 "stopped before this step changed any weight"):
+        model.fit({"image_features": features, "token_ids": x["token_ids"],
+                   "padding_mask": x["padding_mask"]}, labels, batch_size=4, verbose=0)
+    for old, weight in zip(before, model.weights):
+        assert not _changed(old, weight), weight.path
+
+
 def test_a_non_finite_evaluation_loss_names_the_data_not_the_run():
     model = _tiny_model()
     x, labels = _caption_batch(model)

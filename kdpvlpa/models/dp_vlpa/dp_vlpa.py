@@ -664,8 +664,9 @@ class DPVLPA(keras.Model):
             if training:
                 raise FloatingPointError(
                     f"The {self.phase} loss is not finite: term(s) {terms_text} "
-                    "became NaN or infinite. The run was stopped; the last checkpoint "
-                    "is intact. Lower the learning rate or check the inputs."
+                    "became NaN or infinite. fit was stopped before this step changed "
+                    "any weight (checkpoints already written are intact). Lower the "
+                    "learning rate or check the inputs."
                 )
             raise FloatingPointError(
                 f"The {self.phase} loss is not finite on the evaluation data: term(s) "
