@@ -172,13 +172,14 @@ def evaluate_command(run_dir, data_dir, cache_dir, allow_missing, output, debug)
     if name:
         recipe = dataclasses.replace(recipe, name=name)
     data_dir = data_dir or default_data_dir(recipe.data.dataset)
-    test = pipeline.load_test_data(recipe, data_dir, allow_missing=allow_missing)
-    model = load_model(run_dir)
-    scores = pipeline.predict_scores(model, test, cache_dir or run_dir / "feature_cache",
-                                     recipe.eval.batch_size)
+    with pipeline.data_in_use(recipe, data_dir):
+        test = pipeline.load_test_data(recipe, data_dir, allow_missing=allow_missing)
+        model = load_model(run_dir)
+        scores = pipeline.predict_scores(model, test, cache_dir or run_dir / "feature_cache",
+                                         recipe.eval.batch_size)
+        num_train = pipeline.train_split_size(recipe, data_dir)
     output = output or run_dir / "evaluation"
-    baseline = pipeline.label_frequency_scores(
-        test, pipeline.train_split_size(recipe, data_dir))
+    baseline = pipeline.label_frequency_scores(test, num_train)
     metrics = pipeline.write_report(output, recipe, test, scores, baseline,
                                     time.time() - start)
     _print_metrics(metrics)

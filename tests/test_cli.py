@@ -310,6 +310,30 @@ def test_a_run_folder_is_used_by_one_fit_at_a_time(tiny_run, tmp_path):
     assert _snapshot(run) == before
 
 
+def test_a_synthetic_set_another_run_holds_is_not_redrawn(tiny_run, tmp_path):
+    import shutil
+
+    from kdpvlpa.data import synthetic_lt_in_use
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_run["data"], data)
+    before = _snapshot(data)
+    # Another run with the tiny recipe (seed 42) is using the set.
+    held = dict(num_classes=4, num_train=40, num_test=20, image_size=64, seed=42)
+    with synthetic_lt_in_use(data, **held):
+        result = _invoke(*_fit_args(data, tmp_path / "run43"), "--set", "seed=43")
+        assert result.exit_code == 1
+        assert f"The synthetic set in {data} is in use by another process" in result.output
+        assert "--data-dir" in result.output
+        assert not (tmp_path / "run43").exists()
+        run = _copy_run(tiny_run, tmp_path)
+        recipe = (run / "recipe.toml").read_text()
+        (run / "recipe.toml").write_text(recipe.replace("seed = 42", "seed = 43"))
+        result = _invoke("evaluate", "--run", run, "--data-dir", data)
+        assert result.exit_code == 1 and "is in use by another process" in result.output
+    assert _snapshot(data) == before
+
+
 def test_checkpoints_without_their_recipe_are_not_resumed(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     (run / "recipe.toml").unlink()

@@ -34,10 +34,12 @@ from kdpvlpa.data.splits import (
     natural_class_names,
 )
 from kdpvlpa.data.synthetic import (
+    SyntheticSetInUseError,
     load_synthetic_lt,
     make_synthetic_lt,
     synthetic_caption,
     synthetic_class_names,
+    synthetic_lt_in_use,
 )
 from kdpvlpa.data.voc import (
     load_voc_labels_from_annotations,
@@ -84,6 +86,7 @@ __all__ = [
     "ImageScan",
     "LTDataset",
     "MissingImagesError",
+    "SyntheticSetInUseError",
     "check_images",
     "dataset_from_split",
     "find_missing_images",
@@ -109,4 +112,5 @@ __all__ = [
     "strip_tail_tags",
     "synthetic_caption",
     "synthetic_class_names",
+    "synthetic_lt_in_use",
 ]

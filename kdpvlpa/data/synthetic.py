@@ -18,6 +18,8 @@ so the real loading code reads it:
     root/images/test/syn_test_00000.jpg
 """
 
+import contextlib
+import fcntl
 import json
 import math
 import re
@@ -71,6 +73,11 @@ MAX_CLASSES = len(SHAPES) * len(COLOURS)
 MAX_OBJECTS = 4  # per image; more would crowd a 64 px picture
 CO_OCCURRENCE = 0.8  # share of a child class's images that hold its parent
 _FILE_NAME = re.compile(r"^syn_(train|test)_\d+\.jpg$")
+_LOCK = ".lock"  # in the set's folder; see `synthetic_lt_in_use`
+
+
+class SyntheticSetInUseError(RuntimeError):
+    """The folder holds a set another process is reading or drawing."""
 
 
 def synthetic_class_names(num_classes):
@@ -353,7 +360,9 @@ def make_synthetic_lt(root, num_classes=12, num_train=400, num_test=200,
     Children (odd ranks in the lower two thirds) appear with their parent
     (one of the three most frequent classes) in 80 % of their images. Class
     ranks are shuffled over class indices, as in real datasets. Calling it
-    again with the same arguments on a complete folder does nothing.
+    again with the same arguments on a complete folder does nothing; a folder
+    that another process holds with other settings (`synthetic_lt_in_use`)
+    is not redrawn.
 
     Args:
         root: str or `Path`. Output folder (created).
@@ -366,22 +375,91 @@ def make_synthetic_lt(root, num_classes=12, num_train=400, num_test=200,
     Returns:
         `Path` of `root`.
 
+    Raises:
+        SyntheticSetInUseError: another process holds the folder with other
+            settings.
+
     Example:
     >>> from kdpvlpa.data import make_synthetic_lt, load_synthetic_lt
     >>> root = make_synthetic_lt("runs/data/synthetic")  # doctest: +SKIP
     >>> load_synthetic_lt(root, "train").num_images  # doctest: +SKIP
     400
     """
+    root, params = _checked(root, num_classes, num_train, num_test, image_size, seed)
+    if _is_complete(root, params):
+        return root
+    with synthetic_lt_in_use(root, num_classes, num_train, num_test, image_size, seed):
+        return root
+
+
+def _checked(root, num_classes, num_train, num_test, image_size, seed):
     _check_int("num_classes", num_classes, 2, MAX_CLASSES)
     _check_int("num_train", num_train, 10)
     _check_int("num_test", num_test, 10)
     _check_int("image_size", image_size, 16)
     _check_int("seed", seed, 0)
     root = Path(root).expanduser().resolve()
-    params = _params(num_classes, num_train, num_test, image_size, seed)
-    if _is_complete(root, params):
-        return root
+    return root, _params(num_classes, num_train, num_test, image_size, seed)
+
+
+def _try_lock(handle, kind):
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _in_use_message(root):
+    return (
+        f"The synthetic set in {root} is in use by another process (a `kdpvlpa fit` "
+        "or `evaluate`) that drew it with other settings (seed, sizes); redrawing "
+        "it would change that run's images. Give this run its own folder "
+        "(--data-dir), or wait for the other to finish."
+    )
+
+
+@contextlib.contextmanager
+def synthetic_lt_in_use(root, num_classes=12, num_train=400, num_test=200,
+                        image_size=64, seed=42):
+    """Draws the set as `make_synthetic_lt` does and keeps it for the block.
+
+    While the block runs, no other process can redraw the folder with other
+    settings (`make_synthetic_lt` and this function refuse to); processes
+    that ask for the same settings share it. The lock is the operating
+    system's (`flock` on `root/.lock`), so a killed process leaves none.
+
+    Yields:
+        `Path` of `root`.
+
+    Raises:
+        SyntheticSetInUseError: another process holds the folder with other
+            settings.
+
+    Example:
+    >>> with synthetic_lt_in_use("data/synthetic", seed=43) as root:  # doctest: +SKIP
+    ...     train = load_synthetic_lt(root, "train")
+    """
+    root, params = _checked(root, num_classes, num_train, num_test, image_size, seed)
     root.mkdir(parents=True, exist_ok=True)
+    with open(root / _LOCK, "a") as handle:
+        if _try_lock(handle, fcntl.LOCK_EX):
+            if not _is_complete(root, params):
+                _draw(root, params)
+        # Shared from here on: other readers of the same set may join. (A
+        # process drawing holds the lock exclusively for seconds; wait.)
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        # Checked under the shared lock: the set another holder drew, or a
+        # redraw that slipped in while the exclusive lock was given up.
+        if not _is_complete(root, params):
+            raise SyntheticSetInUseError(_in_use_message(root))
+        yield root
+
+
+def _draw(root, params):
+    """Writes the set of `params` into `root` (whose lock the caller holds)."""
+    num_classes, num_train, num_test, image_size, seed = (
+        params[k] for k in ("num_classes", "num_train", "num_test", "image_size", "seed"))
     _remove_stale_images(root)
 
     names = synthetic_class_names(num_classes)
@@ -439,7 +517,6 @@ def make_synthetic_lt(root, num_classes=12, num_train=400, num_test=200,
         "condition_prob": _condition_prob(train_labels),
         "generator": params,
     })
-    return root
 
 
 def load_synthetic_lt(root, split="train", allow_missing=False, verify_images=False,

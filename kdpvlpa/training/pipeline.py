@@ -5,6 +5,7 @@ recipe, the captions used, per-phase checkpoints (a killed run resumes),
 the final `model.keras`, `metrics.json`, a per-class AP table and chart.
 """
 
+import contextlib
 import json
 import shutil
 import time
@@ -14,7 +15,13 @@ import numpy as np
 
 # Only kdpvlpa.data at import time (no keras / torch): `kdpvlpa fit` with
 # missing data stops at the data check, at once.
-from kdpvlpa.data import load_caption_file, load_dataset, make_synthetic_lt
+from kdpvlpa.data import (
+    SyntheticSetInUseError,
+    load_caption_file,
+    load_dataset,
+    make_synthetic_lt,
+    synthetic_lt_in_use,
+)
 from kdpvlpa.utils.files import atomic_write, exclusive_lock
 
 # The paper's Table 1, DP-VLPA row (mAP %), for the run report.
@@ -93,12 +100,38 @@ def build_model(recipe, class_names, models_dir="models"):
     return model
 
 
-def _draw_synthetic(recipe, data_dir):
+def _synthetic_args(recipe):
     d = recipe.data
-    if d.dataset == "synthetic":
-        kwargs = {k: v for k, v in (("num_classes", d.num_classes), ("num_train", d.num_train),
-                                    ("num_test", d.num_test)) if v is not None}
-        make_synthetic_lt(data_dir, image_size=d.image_size, seed=recipe.seed, **kwargs)
+    kwargs = {k: v for k, v in (("num_classes", d.num_classes), ("num_train", d.num_train),
+                                ("num_test", d.num_test)) if v is not None}
+    return dict(image_size=d.image_size, seed=recipe.seed, **kwargs)
+
+
+def _draw_synthetic(recipe, data_dir):
+    if recipe.data.dataset == "synthetic":
+        try:
+            make_synthetic_lt(data_dir, **_synthetic_args(recipe))
+        except SyntheticSetInUseError as error:
+            raise PipelineError(str(error)) from None
+
+
+@contextlib.contextmanager
+def data_in_use(recipe, data_dir):
+    """Keeps the recipe's data as it is for the block.
+
+    The synthetic set is drawn, and no other run can redraw its folder with
+    other settings (a seed) until the block ends: a run reads its images
+    again when it evaluates. Real datasets are only read, so need nothing.
+    """
+    if recipe.data.dataset != "synthetic":
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(synthetic_lt_in_use(data_dir, **_synthetic_args(recipe)))
+        except SyntheticSetInUseError as error:
+            raise PipelineError(str(error)) from None
+        yield
 
 
 def load_data(recipe, data_dir, allow_missing=False, train_captions=True):
@@ -394,6 +427,13 @@ def run_recipe(recipe, data_dir, output, phase="all", captions=None, models_dir=
     if phase not in ("pretrain", "finetune", "all"):
         raise ValueError(f"`phase` must be pretrain, finetune or all. Received: {phase!r}")
     start = time.time()
+    with data_in_use(recipe, data_dir):
+        return _run_locked(recipe, data_dir, output, phase, captions, models_dir, cache_dir,
+                           allow_missing, use_cache, verbose, start)
+
+
+def _run_locked(recipe, data_dir, output, phase, captions, models_dir, cache_dir,
+                allow_missing, use_cache, verbose, start):
     output = Path(output)
     train, test = load_data(recipe, data_dir, allow_missing=allow_missing,
                             train_captions=captions is None)

@@ -1,9 +1,12 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from kdpvlpa.data import (
+    SyntheticSetInUseError,
     load_dataset,
     load_image,
     load_lt_split,
@@ -11,6 +14,7 @@ from kdpvlpa.data import (
     make_synthetic_lt,
     synthetic_caption,
     synthetic_class_names,
+    synthetic_lt_in_use,
 )
 
 FILES = ("synthetic_lt_train.json", "synthetic_lt_test.json", "synthetic_lt_train_captions.json")
@@ -122,3 +126,34 @@ def test_a_damaged_split_file_is_redrawn(tmp_path, damage):
     (root / FILES[0]).write_bytes(damage)
     make_synthetic_lt(tmp_path / "s", **args)
     assert (root / FILES[0]).read_bytes() == good
+
+
+def test_a_set_in_use_by_another_process_is_not_redrawn(tmp_path):
+    args = dict(num_classes=5, num_train=30, num_test=20, image_size=32)
+    root = tmp_path / "s"
+    # Another process (a demo run with seed 1) holds the set until told to stop.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\nfrom kdpvlpa.data import synthetic_lt_in_use\n"
+         f"with synthetic_lt_in_use({str(root)!r}, seed=1, **{args!r}):\n"
+         "    print('held', flush=True)\n    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        drawn = {n: (root / n).read_bytes() for n in FILES}
+        with pytest.raises(SyntheticSetInUseError, match="in use by another process.*--data-dir"):
+            make_synthetic_lt(root, seed=2, **args)
+        with pytest.raises(SyntheticSetInUseError, match="in use by another process"):
+            with synthetic_lt_in_use(root, seed=2, **args):
+                pass
+        assert drawn == {n: (root / n).read_bytes() for n in FILES}
+        # The same settings share the set.
+        with synthetic_lt_in_use(root, seed=1, **args) as same:
+            assert load_synthetic_lt(same, "train", verify_images=True).num_images == 30
+        assert make_synthetic_lt(root, seed=1, **args) == root
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    # Released (the holder exited): the other seed redraws the folder.
+    make_synthetic_lt(root, seed=2, **args)
+    assert json.loads((root / FILES[0]).read_text())["generator"]["seed"] == 2
