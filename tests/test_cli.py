@@ -323,15 +323,22 @@ def test_a_synthetic_set_another_run_holds_is_not_redrawn(tiny_run, tmp_path):
     with synthetic_lt_in_use(data, **held):
         result = _invoke(*_fit_args(data, tmp_path / "run43"), "--set", "seed=43")
         assert result.exit_code == 1
-        assert f"The synthetic set in {data} is in use by another process" in result.output
+        assert f"The synthetic set in {data} is held with other settings" in result.output
         assert "--data-dir" in result.output
         assert not (tmp_path / "run43").exists()
         run = _copy_run(tiny_run, tmp_path)
         recipe = (run / "recipe.toml").read_text()
         (run / "recipe.toml").write_text(recipe.replace("seed = 42", "seed = 43"))
         result = _invoke("evaluate", "--run", run, "--data-dir", data)
-        assert result.exit_code == 1 and "is in use by another process" in result.output
+        assert result.exit_code == 1 and "is held with other settings" in result.output
     assert _snapshot(data) == before
+
+
+def test_one_folder_can_hold_the_synthetic_set_and_the_run(tmp_path):
+    # The set's lock and the run folder's are different files.
+    result = _invoke(*_fit_args(tmp_path / "both", tmp_path / "both"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "both" / "model.keras").is_file()
 
 
 def test_checkpoints_without_their_recipe_are_not_resumed(tiny_run, tmp_path):

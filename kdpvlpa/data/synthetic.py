@@ -73,7 +73,9 @@ MAX_CLASSES = len(SHAPES) * len(COLOURS)
 MAX_OBJECTS = 4  # per image; more would crowd a 64 px picture
 CO_OCCURRENCE = 0.8  # share of a child class's images that hold its parent
 _FILE_NAME = re.compile(r"^syn_(train|test)_\d+\.jpg$")
-_LOCK = ".lock"  # in the set's folder; see `synthetic_lt_in_use`
+# In the set's folder; see `synthetic_lt_in_use`. Not ".lock": a run folder
+# (`kdpvlpa fit --output`) may be the same folder and has its own lock.
+_LOCK = ".synthetic_lt.lock"
 
 
 class SyntheticSetInUseError(RuntimeError):
@@ -412,9 +414,9 @@ def _try_lock(handle, kind):
 
 def _in_use_message(root):
     return (
-        f"The synthetic set in {root} is in use by another process (a `kdpvlpa fit` "
-        "or `evaluate`) that drew it with other settings (seed, sizes); redrawing "
-        "it would change that run's images. Give this run its own folder "
+        f"The synthetic set in {root} is held with other settings (seed, sizes) by "
+        "another `kdpvlpa fit` or `evaluate` (or a `synthetic_lt_in_use` block); "
+        "redrawing it would change that run's images. Give this run its own folder "
         "(--data-dir), or wait for the other to finish."
     )
 
@@ -426,8 +428,10 @@ def synthetic_lt_in_use(root, num_classes=12, num_train=400, num_test=200,
 
     While the block runs, no other process can redraw the folder with other
     settings (`make_synthetic_lt` and this function refuse to); processes
-    that ask for the same settings share it. The lock is the operating
-    system's (`flock` on `root/.lock`), so a killed process leaves none.
+    that ask for the same settings share it, and one that finds it being
+    drawn waits for the drawing. The lock is the operating system's (`flock`
+    on `root/.synthetic_lt.lock`), so a killed process leaves none. A
+    complete set in a folder this process cannot write is read unlocked.
 
     Yields:
         `Path` of `root`.
@@ -435,6 +439,7 @@ def synthetic_lt_in_use(root, num_classes=12, num_train=400, num_test=200,
     Raises:
         SyntheticSetInUseError: another process holds the folder with other
             settings.
+        OSError: the set must be drawn and the folder cannot be written.
 
     Example:
     >>> with synthetic_lt_in_use("data/synthetic", seed=43) as root:  # doctest: +SKIP
@@ -442,16 +447,34 @@ def synthetic_lt_in_use(root, num_classes=12, num_train=400, num_test=200,
     """
     root, params = _checked(root, num_classes, num_train, num_test, image_size, seed)
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / _LOCK, "a") as handle:
-        if _try_lock(handle, fcntl.LOCK_EX):
-            if not _is_complete(root, params):
-                _draw(root, params)
-        # Shared from here on: other readers of the same set may join. (A
-        # process drawing holds the lock exclusively for seconds; wait.)
-        fcntl.flock(handle, fcntl.LOCK_SH)
-        # Checked under the shared lock: the set another holder drew, or a
-        # redraw that slipped in while the exclusive lock was given up.
+    writable = True
+    try:
+        handle = open(root / _LOCK, "a")
+    except OSError as error:
+        # A read-only copy, another user's folder: the set can be read, not drawn.
         if not _is_complete(root, params):
+            raise error
+        writable = False
+        try:
+            handle = open(root / _LOCK)  # a shared flock needs no write access
+        except OSError:
+            yield root  # no lock file, and none can be made
+            return
+    with handle:
+        # Up to three rounds: a drawer that died leaves an incomplete set,
+        # which the next round draws.
+        for _ in range(3):
+            if (writable and _try_lock(handle, fcntl.LOCK_EX)
+                    and not _is_complete(root, params)):
+                _draw(root, params)
+            # Shared from here on, so readers of the same set can join; this
+            # waits while another process draws (seconds).
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            # Checked under the shared lock: the set another holder drew, or
+            # a redraw that slipped in when the exclusive lock was given up.
+            if _is_complete(root, params):
+                break
+        else:
             raise SyntheticSetInUseError(_in_use_message(root))
         yield root
 

@@ -141,9 +141,9 @@ def test_a_set_in_use_by_another_process_is_not_redrawn(tmp_path):
     try:
         assert holder.stdout.readline() == "held\n"
         drawn = {n: (root / n).read_bytes() for n in FILES}
-        with pytest.raises(SyntheticSetInUseError, match="in use by another process.*--data-dir"):
+        with pytest.raises(SyntheticSetInUseError, match="held with other settings.*--data-dir"):
             make_synthetic_lt(root, seed=2, **args)
-        with pytest.raises(SyntheticSetInUseError, match="in use by another process"):
+        with pytest.raises(SyntheticSetInUseError, match="held with other settings"):
             with synthetic_lt_in_use(root, seed=2, **args):
                 pass
         assert drawn == {n: (root / n).read_bytes() for n in FILES}
@@ -157,3 +157,36 @@ def test_a_set_in_use_by_another_process_is_not_redrawn(tmp_path):
     # Released (the holder exited): the other seed redraws the folder.
     make_synthetic_lt(root, seed=2, **args)
     assert json.loads((root / FILES[0]).read_text())["generator"]["seed"] == 2
+
+
+def test_a_set_whose_drawer_died_is_drawn_by_the_next(tmp_path):
+    args = dict(num_classes=5, num_train=30, num_test=20, image_size=32)
+    root = tmp_path / "s"
+    root.mkdir()
+    # A process that was drawing (exclusive lock, no set written yet) dies.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         f"handle = open({str(root / '.synthetic_lt.lock')!r}, 'a')\n"
+         "fcntl.flock(handle, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(1)\n"
+         "import os\nos._exit(1)\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    make_synthetic_lt(root, **args)  # waits for the lock, then draws
+    holder.wait()
+    assert load_synthetic_lt(root, "train", verify_images=True).num_images == 30
+
+
+def test_a_complete_set_is_read_where_no_lock_file_can_be_made(tmp_path):
+    args = dict(num_classes=5, num_train=30, num_test=20, image_size=32)
+    root = make_synthetic_lt(tmp_path / "s", **args)
+    # As in a read-only folder: the lock file cannot be opened at all.
+    (root / ".synthetic_lt.lock").unlink()
+    (root / ".synthetic_lt.lock").mkdir()
+    with synthetic_lt_in_use(root, **args) as held:
+        assert load_synthetic_lt(held, "test").num_images == 20
+    # A set that would have to be drawn there is refused with the system's error.
+    with pytest.raises(IsADirectoryError):
+        with synthetic_lt_in_use(root, seed=3, **args):
+            pass
+    assert json.loads((root / FILES[0]).read_text())["generator"]["seed"] == 42
