@@ -780,6 +780,28 @@ def test_each_compile_sets_its_phases_metrics_and_pretraining_takes_no_labels():
         model.fit(x, labels, batch_size=4, verbose=0)
 
 
+@pytest.mark.slow
+def test_finetuning_under_jit_compile_reports_the_map_of_its_predictions():
+    # torch.compile of the whole train and eval step, with the NumPy mAP metric
+    # and make_optimizer's AdamW inside (~3 min: compiling).
+    from kdpvlpa.metrics import MeanAveragePrecision, average_precision
+    from kdpvlpa.training import make_optimizer
+
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    model.compile(optimizer=make_optimizer(2, warmup_steps=0), phase="finetune",
+                  class_freq=labels.sum(0), co_occurrence=co_occurrence_matrix(labels),
+                  metrics=[MeanAveragePrecision()], jit_compile=True)
+    before = _snapshot(model.qformer.weights)
+    history = model.fit(x, labels, batch_size=4, epochs=1, verbose=0,
+                        validation_data=(x["images"], labels)).history
+    assert any(_changed(b, w) for b, w in zip(before, model.qformer.weights))
+    assert all(np.isfinite(history[k][0]) for k in ("cls_loss", "gcl_dqr_loss", "coa_loss"))
+    scores = model.predict(x["images"], verbose=0)
+    expected = 100 * np.nanmean(average_precision(labels, scores))
+    assert history["val_map"][0] == pytest.approx(expected, rel=1e-5)
+
+
 def test_new_class_names_after_compiling_ask_for_a_new_compile():
     model = _tiny_model()
     x, labels = _caption_batch(model)
