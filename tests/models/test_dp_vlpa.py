@@ -813,12 +813,17 @@ def test_new_class_names_after_compiling_ask_for_a_new_compile():
         model.evaluate(x, labels[:, :2], verbose=0)
 
 
-def test_a_non_finite_training_loss_stops_fit_before_any_weight_changes():
+def _finetune_model_and_nan_features():
     model = _tiny_model()
     x, labels = _caption_batch(model)
     _compile_finetune(model, labels)
     features = _np(model.encode_images(x["images"])).copy()
     features[0, 0, 0] = np.nan
+    return model, x, labels, features
+
+
+def test_a_non_finite_training_loss_stops_fit_before_any_weight_changes():
+    model, x, labels, features = _finetune_model_and_nan_features()
     before = _snapshot(model.weights)
     with pytest.raises(FloatingPointError, match="term.*became NaN or infinite. fit was "
                                                  "stopped before this step changed any weight"):
@@ -829,11 +834,7 @@ def test_a_non_finite_training_loss_stops_fit_before_any_weight_changes():
 
 
 def test_a_non_finite_evaluation_loss_names_the_data_not_the_run():
-    model = _tiny_model()
-    x, labels = _caption_batch(model)
-    _compile_finetune(model, labels)
-    features = _np(model.encode_images(x["images"])).copy()
-    features[0, 0, 0] = np.nan
+    model, _, labels, features = _finetune_model_and_nan_features()
     with pytest.raises(FloatingPointError, match="not finite on the evaluation data: "
                                                  "term.*Check the inputs"):
         model.evaluate({"image_features": features}, labels, verbose=0)
