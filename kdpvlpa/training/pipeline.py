@@ -19,7 +19,6 @@ from kdpvlpa.data import (
     SyntheticSetInUseError,
     load_caption_file,
     load_dataset,
-    make_synthetic_lt,
     synthetic_lt_in_use,
 )
 from kdpvlpa.utils.files import atomic_write, exclusive_lock
@@ -107,14 +106,6 @@ def _synthetic_args(recipe):
     return dict(image_size=d.image_size, seed=recipe.seed, **kwargs)
 
 
-def _draw_synthetic(recipe, data_dir):
-    if recipe.data.dataset == "synthetic":
-        try:
-            make_synthetic_lt(data_dir, **_synthetic_args(recipe))
-        except SyntheticSetInUseError as error:
-            raise PipelineError(str(error)) from None
-
-
 @contextlib.contextmanager
 def data_in_use(recipe, data_dir):
     """Keeps the recipe's data as it is for the block.
@@ -135,12 +126,11 @@ def data_in_use(recipe, data_dir):
 
 
 def load_data(recipe, data_dir, allow_missing=False, train_captions=True):
-    """Train and test `LTDataset`s for the recipe (the synthetic set is drawn).
+    """Train and test `LTDataset`s for the recipe; call it inside `data_in_use`.
 
     `train_captions=False` skips the training split's original captions (a
     run given its own caption file does not need COCO's annotation file).
     """
-    _draw_synthetic(recipe, data_dir)
     kwargs = {}
     if not train_captions and recipe.data.dataset == "coco_lt":
         kwargs["captions"] = None
@@ -151,8 +141,8 @@ def load_data(recipe, data_dir, allow_missing=False, train_captions=True):
 
 
 def load_test_data(recipe, data_dir, allow_missing=False):
-    """The test `LTDataset` alone: evaluation needs no training image."""
-    _draw_synthetic(recipe, data_dir)
+    """The test `LTDataset` alone (evaluation needs no training image); call it
+    inside `data_in_use`."""
     return load_dataset(recipe.data.dataset, data_dir, "test", allow_missing=allow_missing)
 
 
