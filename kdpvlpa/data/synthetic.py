@@ -23,6 +23,7 @@ import fcntl
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -469,7 +470,10 @@ def synthetic_lt_in_use(root, num_classes=12, num_train=400, num_test=200,
                 _draw(root, params)
             # Shared from here on, so readers of the same set can join; this
             # waits while another process draws (seconds).
-            fcntl.flock(handle, fcntl.LOCK_SH)
+            if not _try_lock(handle, fcntl.LOCK_SH):
+                print(f"Waiting for another process to finish drawing the synthetic "
+                      f"set in {root} ...", file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_SH)
             # Checked under the shared lock: the set another holder drew, or
             # a redraw that slipped in when the exclusive lock was given up.
             if _is_complete(root, params):

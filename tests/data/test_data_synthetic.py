@@ -159,7 +159,7 @@ def test_a_set_in_use_by_another_process_is_not_redrawn(tmp_path):
     assert json.loads((root / FILES[0]).read_text())["generator"]["seed"] == 2
 
 
-def test_a_set_whose_drawer_died_is_drawn_by_the_next(tmp_path):
+def test_a_set_whose_drawer_died_is_drawn_by_the_next(tmp_path, capsys):
     args = dict(num_classes=5, num_train=30, num_test=20, image_size=32)
     root = tmp_path / "s"
     root.mkdir()
@@ -174,6 +174,9 @@ def test_a_set_whose_drawer_died_is_drawn_by_the_next(tmp_path):
     assert holder.stdout.readline() == "held\n"
     make_synthetic_lt(root, **args)  # waits for the lock, then draws
     holder.wait()
+    # The wait is said, once.
+    assert capsys.readouterr().err == (
+        f"Waiting for another process to finish drawing the synthetic set in {root} ...\n")
     assert load_synthetic_lt(root, "train", verify_images=True).num_images == 30
 
 
