@@ -170,6 +170,11 @@ def test_text_path_matches_a_full_blip2_checkpoint(tmp_path):
     hf.save_pretrained(tmp_path)
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     backbone = QFormerBackbone.from_preset(tmp_path)
+    # The checkpoint's 4 queries, not the default 32 left random.
+    assert backbone.num_query_tokens == 4
+    np.testing.assert_array_equal(backbone.query_tokens.numpy(),
+                                  hf.query_tokens.detach().numpy())
+    assert QFormerBackbone.from_preset(tmp_path, num_query_tokens=6).num_query_tokens == 6
     token_ids = np.array([[2, 5, 6, 7, 8, 3, 0, 0], [2, 9, 10, 11, 12, 8, 13, 3]], "int32")
     mask = token_ids != 0
     with torch.no_grad():

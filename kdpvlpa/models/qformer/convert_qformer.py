@@ -210,7 +210,11 @@ def load_blip2_qformer_weights(backbone, weights, source=""):
 
 def qformer_config_from_hf(config, source, **overrides):
     model_type = config.get("model_type", "")
+    extra = {}
     if model_type == "blip-2":
+        # A full BLIP-2 checkpoint holds its queries, so it fixes their number.
+        if "num_query_tokens" in config:
+            extra["num_query_tokens"] = config["num_query_tokens"]
         config = dict(config["qformer_config"], model_type="blip_2_qformer")
         model_type = "blip_2_qformer"
     if model_type not in ("bert", "blip_2_qformer"):
@@ -234,6 +238,7 @@ def qformer_config_from_hf(config, source, **overrides):
     if model_type == "blip_2_qformer":
         args["image_dim"] = config.get("encoder_hidden_size", 1408)
         args["cross_attention_frequency"] = config.get("cross_attention_frequency", 2)
+    args.update(extra)
     args.update(overrides)
     return model_type, args
 

