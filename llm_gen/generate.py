@@ -118,8 +118,9 @@ def load_existing(out_path, split, shard, settings=None):
     """
     if not os.path.exists(out_path) or os.path.getsize(out_path) == 0:
         return [], None
-    message = repair_torn_tail(out_path)
-    records, _ = read_records(out_path, allow_torn_tail=False)
+    # Everything is checked before the file is touched: a file that is not
+    # this run's (another tool's, another split's) is refused unchanged.
+    records, _ = read_records(out_path, allow_torn_tail=True)
     by_id = index_records(records, out_path)
     split_ids = set(split.image_ids)
     foreign = [i for i in by_id if i not in split_ids]
@@ -145,7 +146,7 @@ def load_existing(out_path, split, shard, settings=None):
         )
     if settings is not None:
         check_settings(out_path, records, settings)
-    return records, message
+    return records, repair_torn_tail(out_path)
 
 
 def _validation_setting(backend_name, strict):

@@ -42,6 +42,11 @@ def _check_record(record, path, line_no):
             f"{path}:{line_no}: image_id must be a string or an integer, got "
             f"{record['image_id']!r}."
         )
+    for key in ("caption", "raw_caption"):
+        if not isinstance(record[key], str):
+            raise CaptionFileError(
+                f"{path}:{line_no}: {key} must be a string, got {record[key]!r}."
+            )
 
 
 def _parse_complete_line(raw, path, line_no):
@@ -83,7 +88,7 @@ def read_records(path, allow_torn_tail=True):
         records.append(_parse_complete_line(raw, path, line_no))
     torn = b""
     if tail.strip():
-        record = _try_whole_record(tail)
+        record = _parse_tail(tail, path, len(lines) + 1)
         if record is not None:
             records.append(record)
         elif allow_torn_tail:
@@ -96,15 +101,29 @@ def read_records(path, allow_torn_tail=True):
     return records, torn
 
 
-def _try_whole_record(raw):
+# Every record this package writes starts so (`image_id` is its first key).
+_RECORD_START = b'{"image_id": '
+
+
+def _parse_tail(raw, path, line_no="last line"):
+    """The bytes after a file's last newline: their record when they are a
+    whole one, None when they are the start of one that a killed run left.
+
+    Anything else (another file's last line, a JSON document) raises, so that
+    nobody's data is taken for a torn line and cut off.
+    """
+    stripped = raw.strip()
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(stripped.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    try:
-        _check_record(record, "", 0)
-    except CaptionFileError:
-        return None
+        if _RECORD_START.startswith(stripped) or stripped.startswith(_RECORD_START):
+            return None
+        raise CaptionFileError(
+            f"{path}:{line_no}: neither a caption record nor the start of one "
+            "that a killed run left; this does not look like a caption file "
+            "written by llm_gen. It was left unchanged."
+        ) from None
+    _check_record(record, path, line_no)
     return record
 
 
@@ -137,15 +156,15 @@ def repair_torn_tail(path):
         if not tail:
             return None
         keep = size - len(tail)
-        if _try_whole_record(tail) is not None:
+        if not tail.strip():
+            f.truncate(keep)
+            return None
+        if _parse_tail(tail, path) is not None:
             f.seek(0, os.SEEK_END)
             f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
             return "completed a last record that lacked its newline"
-        if not tail.strip():
-            f.truncate(keep)
-            return None
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())

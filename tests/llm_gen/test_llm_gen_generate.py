@@ -124,6 +124,42 @@ def test_damaged_middle_line_is_an_error_and_file_is_kept(split, tmp_path):
     assert out.read_bytes() == damaged
 
 
+@pytest.mark.parametrize("content, message", [
+    # A caption file of LMPT's kind: one JSON document, no newline at all.
+    (b'{"2008_000023": "a bottle", "2008_000028": "two cars"}', "lacks the key"),
+    # A plain text file.
+    (b"a bottle on a table", "does not look like"),
+    # Records of another tool, the last without its newline.
+    (b'{"image_id": "a", "caption": "x"}\n{"image_id": "b", "caption": "y"}', "lacks the key"),
+    # A pretty-printed JSON document.
+    (b'{\n  "images": [\n    "a"\n  ]\n}', "not a JSON record"),
+    # An llm_gen file whose second record lacks its newline and has a null caption.
+    (None, "caption must be a string"),
+])
+def test_a_file_llm_gen_did_not_write_is_refused_unchanged(split, tmp_path, content, message):
+    # Its last line must not be taken for one that a killed run tore.
+    out = tmp_path / "c.jsonl"
+    if content is None:
+        generate_captions(split, ScriptedBackend(always_valid), out, limit=2)
+        first, second = read(out)
+        second["caption"] = None
+        content = (json.dumps(first) + "\n" + json.dumps(second)).encode()
+    out.write_bytes(content)
+    with pytest.raises(CaptionFileError, match=message):
+        generate_captions(split, ScriptedBackend(always_valid), out)
+    assert out.read_bytes() == content
+
+
+def test_a_torn_first_record_is_removed(split, tmp_path):
+    # Killed while writing the very first record: no complete line at all.
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=1)
+    out.write_bytes(out.read_bytes()[:9])  # b'{"image_i'
+    messages = []
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, log=messages.append)
+    assert counts["written"] == 12 and "removed an unfinished last line" in messages[0]
+
+
 def test_wrong_file_or_shard_is_refused(split, tmp_path):
     out = tmp_path / "c.jsonl"
     generate_captions(split, ScriptedBackend(always_valid), out, shard=Shard(0, 2))
