@@ -53,9 +53,10 @@ def reports_errors(command):
                 error = (f"{str(error).rstrip('.')}. `kdpvlpa data check --dataset "
                          "NAME --data-dir DIR --verify-images` lists every unreadable "
                          "image.")
-            elif isinstance(error, OSError) and error.strerror and error.filename:
-                paths = [str(f) for f in (error.filename, error.filename2) if f]
-                error = f"{error.strerror}: {' -> '.join(paths)}"
+            elif isinstance(error, OSError):
+                from kdpvlpa.utils.files import describe_os_error
+
+                error = describe_os_error(error)
             click.echo(f"Error: {error}", err=True)
             sys.exit(1)
 

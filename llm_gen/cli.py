@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from kdpvlpa.utils.files import describe_os_error, read_text
 from kdpvlpa.utils.progress import Progress
 from llm_gen.backends import BACKENDS, BackendError, SamplingSettings, make_backend
 from llm_gen.generate import Shard, generate_captions, run_settings
@@ -32,11 +33,14 @@ def _parse_engine_args(pairs):
     return args
 
 
-def _read_text(path):
+def _read_chat_template(path):
     if path is None:
         return None
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    try:
+        return read_text(path, "The chat template", click.BadParameter)
+    except click.BadParameter as e:
+        e.param_hint = "--chat-template"
+        raise
 
 
 def _load_split_or_fail(dataset, split_file, original_captions, no_original=False):
@@ -123,7 +127,8 @@ def _refuse_options_of_other_backends(ctx, backend):
                    "e.g. max_model_len=4096, enforce_eager=true. Repeatable.")
 @click.option("--chat-template", type=click.Path(dir_okay=False, exists=True),
               help="Jinja chat template file for a model without one.")
-@click.option("--dtype", default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              default="auto", show_default=True,
               help="Model dtype (transformers backend).")
 @click.option("--device", help="Device for the transformers backend (default: "
                                "cuda if available).")
@@ -196,7 +201,7 @@ def generate_captions_command(dataset, split_file, original_captions,
     split = _load_split_or_fail(dataset, split_file, original_captions, no_original_captions)
     sampling = SamplingSettings(temperature=temperature, top_p=top_p,
                                 max_tokens=max_tokens, seed=seed)
-    template_text = _read_text(chat_template)
+    template_text = _read_chat_template(chat_template)
     options = {}
     if backend == "vllm":
         options = dict(model=model, tensor_parallel_size=tensor_parallel_size,
@@ -233,6 +238,8 @@ def generate_captions_command(dataset, split_file, original_captions,
             )
     except (CaptionFileError, BackendError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # --out cannot be written
+        raise click.ClickException(describe_os_error(e)) from None
     except KeyboardInterrupt:
         click.echo("Interrupted. Rerun the same command to resume: finished "
                    "images are kept.", err=True)
@@ -264,6 +271,8 @@ def stats_command(file, dataset, split_file, as_json):
         records, torn = read_records(file, allow_torn_tail=True)
     except CaptionFileError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e)) from None
     split = None
     if dataset or split_file:
         split = _load_split_or_fail(dataset, split_file, None, no_original=True)
@@ -310,6 +319,8 @@ def merge_command(shards, out_path, dataset, split_file, overwrite):
                 names |= {r.get("dataset") for r in records}
         except CaptionFileError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(describe_os_error(e)) from None
         if len(names) == 1 and next(iter(names)) in PACKAGED_DATASETS:
             split = _load_split_or_fail(next(iter(names)), None, None, no_original=True)
         else:
@@ -321,6 +332,8 @@ def merge_command(shards, out_path, dataset, split_file, overwrite):
         n = merge_shards(shards, out_path, split=split, overwrite=overwrite)
     except CaptionFileError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e)) from None
     click.echo(f"{out_path}: {n} records from {len(shards)} shard files, each image once.")
 
 

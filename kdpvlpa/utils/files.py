@@ -36,6 +36,14 @@ def read_text(path, what, error=ValueError):
         ) from None
 
 
+def describe_os_error(error):
+    """`OSError` as a user reads it: "Permission denied: out/c.jsonl"."""
+    if error.strerror and error.filename:
+        paths = [str(f) for f in (error.filename, error.filename2) if f]
+        return f"{error.strerror}: {' -> '.join(paths)}"
+    return str(error)
+
+
 def atomic_write(path, write):
     """Writes `path` through a temporary file that replaces it when complete.
 

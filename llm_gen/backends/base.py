@@ -89,6 +89,10 @@ def chat_template_accepts_system(apply_chat_template):
 
     Args:
         apply_chat_template: callable(messages) -> str.
+
+    Raises:
+        BackendError: the template fails even on a lone user message (a
+            syntax error, a template that raises): every prompt would fail.
     """
     marker = "kdpvlpa-system-probe"
     try:
@@ -96,5 +100,13 @@ def chat_template_accepts_system(apply_chat_template):
             [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}]
         )
     except Exception:  # templates raise their own error types (jinja, ValueError)
+        # Some refuse a system role (Gemma's); they must still take a user message.
+        try:
+            apply_chat_template([{"role": "user", "content": "hi"}])
+        except Exception as error:
+            raise BackendError(
+                "The chat template fails on a plain user message, so it would fail "
+                f"on every prompt: {type(error).__name__}: {error}"
+            ) from None
         return False
     return marker in text

@@ -51,6 +51,10 @@ class TransformersBackend(CaptionBackend):
             ).to(self.device)
         except (OSError, ValueError) as e:
             raise BackendError(f"transformers could not load {model!r}: {e}") from e
+        except (RuntimeError, AssertionError) as e:  # torch: a device it lacks
+            raise BackendError(
+                f"transformers could not put {model!r} on device {self.device!r}: {e}"
+            ) from e
         self.lm.eval()
         if chat_template:
             self.tokenizer.chat_template = chat_template

@@ -70,19 +70,23 @@ class VLLMBackend(CaptionBackend):
             )
         except Exception as e:
             raise BackendError(f"vLLM could not load {model!r}: {type(e).__name__}: {e}") from e
-        tokenizer = self.llm.get_tokenizer()
-        template = chat_template or getattr(tokenizer, "chat_template", None)
-        if not template:
-            raise BackendError(
-                f"The tokenizer of {model!r} has no chat template; pass one with "
-                "--chat-template FILE."
+        try:
+            tokenizer = self.llm.get_tokenizer()
+            template = chat_template or getattr(tokenizer, "chat_template", None)
+            if not template:
+                raise BackendError(
+                    f"The tokenizer of {model!r} has no chat template; pass one with "
+                    "--chat-template FILE."
+                )
+            self.supports_system_role = chat_template_accepts_system(
+                lambda messages: tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True,
+                    chat_template=chat_template,
+                )
             )
-        self.supports_system_role = chat_template_accepts_system(
-            lambda messages: tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True,
-                chat_template=chat_template,
-            )
-        )
+        except BaseException:
+            self.close()  # the engine's worker processes do not outlive the error
+            raise
 
     def describe(self):
         fields = super().describe()

@@ -299,6 +299,37 @@ def test_cli_errors_are_clear(tmp_path, tiny_split_files):
     assert result.exit_code != 0 and "junk.jsonl:1: record lacks the key(s)" in result.output
 
 
+def test_cli_file_system_and_option_errors_are_clear(tmp_path, tiny_split_files):
+    split_path, _ = tiny_split_files
+    runner = CliRunner()
+    base = ["generate-captions", "--split-file", str(split_path)]
+    # --out under a file: the system's error with the path, no traceback.
+    (tmp_path / "afile").write_text("keep")
+    result = runner.invoke(main, [*base, "--out", str(tmp_path / "afile" / "c.jsonl")])
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    assert "Error: File exists: " in result.output or "Not a directory" in result.output
+    assert str(tmp_path / "afile") in result.output
+    assert (tmp_path / "afile").read_text() == "keep"
+    result = runner.invoke(main, ["captions", "merge", str(tmp_path / "afile"), "--out",
+                                  str(tmp_path / "m.jsonl"), "--split-file", str(split_path)])
+    assert result.exit_code == 1 and "afile:1" in result.output
+    result = runner.invoke(main, ["captions", "stats", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory" in result.output
+    # A dtype torch lacks, and a chat template that is not UTF-8, are refused
+    # before any model is loaded.
+    out = str(tmp_path / "c.jsonl")
+    result = runner.invoke(main, [*base, "--out", out, "--backend", "transformers",
+                                  "--model", str(tmp_path), "--dtype", "float33"])
+    assert result.exit_code == 2 and "'float33' is not one of" in result.output
+    template = tmp_path / "t.jinja"
+    template.write_bytes(b"\xff\xfe{{ messages }}")
+    result = runner.invoke(main, [*base, "--out", out, "--backend", "transformers",
+                                  "--model", str(tmp_path), "--chat-template", str(template)])
+    assert result.exit_code == 2 and "--chat-template" in result.output
+    assert "is not UTF-8 text: byte 0xff on line 1" in result.output
+    assert not (tmp_path / "c.jsonl").exists()
+
+
 def test_training_reader_refuses_incomplete_files(split, tmp_path):
     out = tmp_path / "c.jsonl"
     generate_captions(split, ScriptedBackend(always_valid), out, limit=4)

@@ -120,3 +120,26 @@ def test_sampled_answers_follow_the_recorded_seed_and_settings(gemma_like_model,
     other = _reference_answers(gemma_like_model, records[:1], items[:1], do_sample=True,
                                temperature=0.1, top_p=0.3, seed_of=lambda r: 12345)
     assert other[0][1] != logged[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    # A template with a syntax error, and one that raises on every conversation.
+    (("--chat-template", "{% if %}"), "The chat template fails on a plain user message"),
+    (("--chat-template", "{{ raise_exception('nope') }}"), "fails on a plain user message"),
+    (("--device", "bogus"), "could not put"),
+])
+def test_a_backend_that_would_fail_every_prompt_stops_the_run(
+        gemma_like_model, tmp_path, options, message):
+    # Not a file of fallback captions with exit 0: the run stops at once.
+    option, value = options
+    if option == "--chat-template":
+        (tmp_path / "t.jinja").write_text(value)
+        value = str(tmp_path / "t.jinja")
+    options = ["--device", "cpu", option, value] if option != "--device" else [option, value]
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
+        "--model", gemma_like_model, "--out", str(tmp_path / "c.jsonl"), "--limit", "2",
+        *options,
+    ])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "c.jsonl").exists()
