@@ -233,7 +233,8 @@ def generate_captions_command(dataset, split_file, original_captions,
                 split, lambda: make_backend(backend, sampling=sampling, **options),
                 out_path, max_attempts=max_attempts, batch_size=batch_size,
                 shard=shard, limit=limit, progress=bar.update, log=log,
-                settings=run_settings(backend, model, sampling, strict_validation),
+                settings=run_settings(backend, model, sampling, strict_validation,
+                                      template_text),
                 strict_validation=strict_validation,
             )
     except (CaptionFileError, BackendError) as e:

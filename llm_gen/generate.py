@@ -5,7 +5,12 @@ import os
 import re
 import zlib
 
-from llm_gen.backends.base import CaptionBackend, FailedAnswer, SamplingSettings
+from llm_gen.backends.base import (
+    CaptionBackend,
+    FailedAnswer,
+    SamplingSettings,
+    chat_template_digest,
+)
 from llm_gen.prompt import PROMPT_VERSION, build_messages
 from llm_gen.records import (
     CaptionFileError,
@@ -144,6 +149,21 @@ def load_existing(out_path, split, shard, settings=None):
             f"{out_path} was written for dataset(s) {sorted(datasets)}, not "
             f"{split.dataset!r}."
         )
+    # The original caption is part of the prompt: another --original-captions
+    # file, or --no-original-captions, would make other captions.
+    originals = {item.image_id: item.original_caption for item in split.items}
+    for image_id, record in by_id.items():
+        if (record.get("backend") != "template"  # the template reads no caption
+                and "original_caption" in record
+                and record["original_caption"] != originals[image_id]):
+            raise CaptionFileError(
+                f"{out_path} was written with the original caption "
+                f"{record['original_caption']!r} for image {image_id!r}, but this run "
+                f"gives {originals[image_id]!r} (--original-captions, "
+                "--no-original-captions). Resuming would mix captions made from "
+                "different prompts in one file: give another --out, or rerun with "
+                "the file's original captions."
+            )
     if settings is not None:
         check_settings(out_path, records, settings)
     return records, repair_torn_tail(out_path)
@@ -157,7 +177,8 @@ def _validation_setting(backend_name, strict):
     return VALIDATION_STRICT if strict else VALIDATION_METHOD
 
 
-def run_settings(backend, model=None, sampling=None, strict_validation=False):
+def run_settings(backend, model=None, sampling=None, strict_validation=False,
+                 chat_template=None):
     """The settings that decide what a caption says, compared on resume.
 
     Args:
@@ -168,23 +189,27 @@ def run_settings(backend, model=None, sampling=None, strict_validation=False):
         sampling: `SamplingSettings` or None. With a name.
         strict_validation: bool. Whether answers are checked with
             `validate(strict=True)`.
+        chat_template: str or None. With a name: the `--chat-template` text
+            (None: the model's own).
 
     Returns:
-        A dict with `backend`, `model`, `prompt_version`, `sampling` and
+        A dict with `backend`, `model`, `prompt_version`, `sampling`,
         `validation` (`"method"` or `"strict"`; None for the template
-        backend).
+        backend) and `chat_template` (`chat_template_digest`).
     """
     if isinstance(backend, CaptionBackend):
-        name, model, sampling = backend.name, backend.describe()["model"], backend.sampling
+        described = backend.describe()
+        name, model, sampling = backend.name, described["model"], backend.sampling
+        template = described.get("chat_template")
     else:
-        name = backend
+        name, template = backend, chat_template_digest(chat_template)
     validation = _validation_setting(name, strict_validation)
     if name == "template":
         return {"backend": name, "model": TEMPLATE_VERSION, "prompt_version": None,
-                "sampling": None, "validation": validation}
+                "sampling": None, "validation": validation, "chat_template": None}
     return {"backend": name, "model": model, "prompt_version": PROMPT_VERSION,
             "sampling": (sampling or SamplingSettings()).as_dict(),
-            "validation": validation}
+            "validation": validation, "chat_template": template}
 
 
 def record_settings(record):
@@ -203,7 +228,7 @@ def record_settings(record):
         validation = _validation_setting(record.get("backend"), strict=True)
     return {"backend": record.get("backend"), "model": record.get("model"),
             "prompt_version": record.get("prompt_version"), "sampling": sampling,
-            "validation": validation}
+            "validation": validation, "chat_template": record.get("chat_template")}
 
 
 def _model_key(model):

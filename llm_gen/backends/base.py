@@ -2,6 +2,7 @@
 
 import abc
 import dataclasses
+import hashlib
 
 
 class BackendError(RuntimeError):
@@ -75,6 +76,15 @@ class CaptionBackend(abc.ABC):
 
     def close(self):
         pass
+
+
+def chat_template_digest(text):
+    """How a record names a `--chat-template` (None for the model's own): a
+    short SHA-256 of its text, so that a resumed file or merged shards are
+    known to share it."""
+    if not text:
+        return None
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def clean_output(text):

@@ -7,6 +7,7 @@ from llm_gen.backends.base import (
     BackendError,
     CaptionBackend,
     chat_template_accepts_system,
+    chat_template_digest,
     clean_output,
 )
 
@@ -56,6 +57,7 @@ class TransformersBackend(CaptionBackend):
                 f"transformers could not put {model!r} on device {self.device!r}: {e}"
             ) from e
         self.lm.eval()
+        self.custom_chat_template = chat_template
         if chat_template:
             self.tokenizer.chat_template = chat_template
         if not getattr(self.tokenizer, "chat_template", None):
@@ -75,6 +77,7 @@ class TransformersBackend(CaptionBackend):
 
     def describe(self):
         fields = super().describe()
+        fields["chat_template"] = chat_template_digest(self.custom_chat_template)
         fields["device"] = self.device
         return fields
 

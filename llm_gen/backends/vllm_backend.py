@@ -12,6 +12,7 @@ from llm_gen.backends.base import (
     CaptionBackend,
     FailedAnswer,
     chat_template_accepts_system,
+    chat_template_digest,
     clean_output,
 )
 
@@ -58,7 +59,7 @@ class VLLMBackend(CaptionBackend):
         except ImportError:  # older vLLM raised ValueError only
             VLLMClientError = ValueError
         self._refusals = (ValueError, VLLMClientError)
-        self.chat_template = chat_template
+        self.chat_template = self.custom_chat_template = chat_template
         self.engine_args = dict(engine_args or {})
         self.tensor_parallel_size = tensor_parallel_size
         try:
@@ -90,6 +91,7 @@ class VLLMBackend(CaptionBackend):
 
     def describe(self):
         fields = super().describe()
+        fields["chat_template"] = chat_template_digest(self.custom_chat_template)
         fields["tensor_parallel_size"] = self.tensor_parallel_size
         return fields
 

@@ -11,6 +11,7 @@ from llm_gen import PROMPT_VERSION, TEMPLATE_VERSION, load_split, template_capti
 from llm_gen.generate import Shard, generate_captions, image_seed
 from kdpvlpa.data import CaptionFileError as TrainingCaptionFileError
 from kdpvlpa.data import load_caption_file
+from llm_gen.backends import make_backend
 from llm_gen.records import CaptionFileError, read_records
 from llm_gen_test_helpers import (
     ScriptedBackend,
@@ -373,6 +374,26 @@ def test_resuming_with_other_settings_is_refused(split, tmp_path):
         generate_captions(split, other, out2)
     # The same settings resume; each image's own seed does not count.
     assert generate_captions(split, ScriptedBackend(always_valid), out2)["written"] == 8
+
+
+def test_resuming_with_other_original_captions_is_refused(tiny_split_files, tmp_path):
+    # The original caption is part of an LLM's prompt.
+    split_path, captions_path = tiny_split_files
+    with_originals = load_split(split_file=split_path, original_captions=captions_path)
+    without = load_split(split_file=split_path, use_original_captions=False)
+    assert any(item.original_caption for item in with_originals.items)
+    out = tmp_path / "c.jsonl"
+    generate_captions(with_originals, ScriptedBackend(always_valid), out, limit=4)
+    before = out.read_bytes()
+    with pytest.raises(CaptionFileError, match="written with the original caption .* "
+                       "but this run gives None"):
+        generate_captions(without, ScriptedBackend(always_valid), out)
+    assert out.read_bytes() == before
+    assert generate_captions(with_originals, ScriptedBackend(always_valid), out)["written"] == 8
+    # The template backend reads no caption: its files resume either way.
+    out2 = tmp_path / "t.jsonl"
+    generate_captions(with_originals, make_backend("template"), out2, limit=4)
+    assert generate_captions(without, make_backend("template"), out2)["written"] == 8
 
 
 def test_cli_refuses_another_model_before_loading_it(tmp_path, tiny_split_files):

@@ -143,3 +143,28 @@ def test_a_backend_that_would_fail_every_prompt_stops_the_run(
     ])
     assert result.exit_code == 1 and message in result.output, result.output
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_file_written_with_another_chat_template_is_not_resumed(gemma_like_model, tmp_path):
+    # The chat template shapes every prompt; records name it by a digest.
+    from llm_gen.backends.base import chat_template_digest
+
+    own = tmp_path / "own.jinja"
+    own.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    other = tmp_path / "other.jinja"
+    other.write_text("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    out = tmp_path / "c.jsonl"
+    records = _generate(gemma_like_model, out, "--limit", "1", "--max-attempts", "1",
+                        "--chat-template", str(own))
+    assert records[0]["chat_template"] == chat_template_digest(own.read_text())
+    before = out.read_bytes()
+    for options in (["--chat-template", str(other)], []):  # another, or the model's own
+        result = CliRunner().invoke(main, [
+            "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
+            "--model", gemma_like_model, "--out", str(out), "--max-tokens", "8",
+            "--device", "cpu", "--limit", "2", "--max-attempts", "1", *options])
+        assert result.exit_code == 1 and "written with chat_template" in result.output
+        assert out.read_bytes() == before
+    records = _generate(gemma_like_model, out, "--limit", "2", "--max-attempts", "1",
+                        "--chat-template", str(own))
+    assert len(records) == 2
