@@ -417,7 +417,8 @@ def _run_batch(split, batch, backend, max_attempts, shard, emit, strict):
         # Only the last failed answer is fed back: the conversation stays
         # within the model's context however many attempts are allowed.
         conversations = [
-            build_messages(item, history[item.image_id][-1:], backend.supports_system_role)
+            build_messages(item, history[item.image_id][-1:], backend.supports_system_role,
+                           strict)
             for item in active
         ]
         seeds = [image_seed(backend.sampling.seed, item.image_id, attempt) for item in active]

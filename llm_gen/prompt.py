@@ -6,7 +6,7 @@ below changes, so that captions made with different prompts can be told apart.
 
 from llm_gen.validate import MAX_WORDS, MIN_WORDS
 
-PROMPT_VERSION = "stag-fig3-v1"
+PROMPT_VERSION = "stag-fig3-v2"
 
 SYSTEM_PROMPT = "You are a scene description generator."
 
@@ -17,8 +17,7 @@ Tail classes are marked with *.
 2. Mention how the tail classes interact with the common objects.
 3. Keep the sentences concise: {min_words}-{max_words} words in total.
 4. Mark every mention of a tail class with <tail> and </tail>, for example <tail>{example}</tail>. Do not mark any other word.
-5. Name only the labelled objects; do not name any other object class.
-Answer with the description only."""
+{strict_rule}Answer with the description only."""
 
 _USER_TEMPLATE_NO_TAIL = """\
 Generate a detailed scene description based on: {caption_part}labels [{labels}].
@@ -26,8 +25,11 @@ Generate a detailed scene description based on: {caption_part}labels [{labels}].
 2. Mention how the objects interact with each other.
 3. Keep the sentences concise: {min_words}-{max_words} words in total.
 4. No label is a tail class here, so do not use any <tail> tag.
-5. Name only the labelled objects; do not name any other object class.
-Answer with the description only."""
+{strict_rule}Answer with the description only."""
+
+# With `--strict-validation`, whose checks refuse any class the image lacks,
+# even untagged: the paper's prompt (Figure 3) has no such rule.
+_STRICT_RULE = "5. Name only the labelled objects; do not name any other object class.\n"
 
 _RETRY_TEMPLATE = """\
 Your description breaks these rules:
@@ -41,8 +43,9 @@ def format_labels(labels, tail_labels):
     return ", ".join(f"{name}*" if name in tail else name for name in labels)
 
 
-def user_prompt(item):
-    """The user message for one `ImageItem`."""
+def user_prompt(item, strict=False):
+    """The user message for one `ImageItem`; `strict` adds the rule that
+    `validate(strict=True)` checks beyond the paper's."""
     caption = (item.original_caption or "").strip()
     caption_part = f'caption "{caption}" and ' if caption else ""
     template = _USER_TEMPLATE if item.tail_labels else _USER_TEMPLATE_NO_TAIL
@@ -53,6 +56,7 @@ def user_prompt(item):
         example=item.tail_labels[0] if item.tail_labels else "",
         min_words=MIN_WORDS,
         max_words=MAX_WORDS,
+        strict_rule=_STRICT_RULE if strict else "",
     )
 
 
@@ -61,7 +65,7 @@ def retry_message(violations):
     return _RETRY_TEMPLATE.format(violations="\n".join(f"- {v}" for v in violations))
 
 
-def build_messages(item, history=(), system_role=True):
+def build_messages(item, history=(), system_role=True, strict=False):
     """The chat messages for one image.
 
     Args:
@@ -70,11 +74,13 @@ def build_messages(item, history=(), system_role=True):
             adds the model's answer and a retry message with its violations.
         system_role: bool. False folds the system prompt into the first user
             message, for chat templates without a system role (Gemma).
+        strict: bool. The prompt for `--strict-validation`: it adds the rule
+            "name only the labelled objects".
 
     Returns:
         A list of `{"role": ..., "content": ...}` dicts.
     """
-    first = user_prompt(item)
+    first = user_prompt(item, strict)
     if system_role:
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},

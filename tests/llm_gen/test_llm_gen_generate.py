@@ -547,16 +547,25 @@ def mentions_untagged(conversation, attempt):
 
 def test_strict_validation_decides_validity_and_is_recorded(split, tmp_path):
     out = tmp_path / "method.jsonl"
-    counts = generate_captions(split, ScriptedBackend(mentions_untagged), out, limit=3)
+    backend = ScriptedBackend(mentions_untagged)
+    counts = generate_captions(split, backend, out, limit=3)
     assert counts["valid"] == 3
+    assert not any("Name only the labelled objects" in m["content"]
+                   for conversation in backend.calls[0][0] for m in conversation)
     records = read(out)
     assert {r["validation"] for r in records} == {"method"}
     assert "A bus waits. The surfboard rests." in records[0]["caption"]
 
     out = tmp_path / "strict.jsonl"
-    counts = generate_captions(split, ScriptedBackend(mentions_untagged), out, limit=3,
+    backend = ScriptedBackend(mentions_untagged)
+    counts = generate_captions(split, backend, out, limit=3,
                                max_attempts=2, strict_validation=True)
     assert counts["fallback"] == 3
+    # The strict prompt states the rule its checks add, in every attempt.
+    first_prompts = [next(m["content"] for m in conversation if m["role"] == "user")
+                     for conversations, _ in backend.calls for conversation in conversations]
+    assert len(first_prompts) == 6  # 3 images, 2 attempts each
+    assert all("Name only the labelled objects" in prompt for prompt in first_prompts)
     records = read(out)
     assert {r["validation"] for r in records} == {"strict"}
     first = records[0]

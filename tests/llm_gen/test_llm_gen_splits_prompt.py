@@ -83,6 +83,13 @@ def test_prompt_follows_figure_3():
     assert "interact with the common objects" in user
     assert "50-80 words" in user
     assert "<tail>surfboard</tail>" in user
+    # Figure 3 has no rule against naming other things; strict validation adds one.
+    assert "Name only the labelled objects" not in user
+    assert user.endswith("Do not mark any other word.\nAnswer with the description only.")
+    strict = build_messages(item, strict=True)[1]["content"]
+    assert strict == user.replace(
+        "\nAnswer", "\n5. Name only the labelled objects; do not name any other object "
+        "class.\nAnswer")
     assert PROMPT_VERSION
 
 
