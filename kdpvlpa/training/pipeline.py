@@ -151,7 +151,8 @@ def train_split_size(recipe, data_dir):
     from kdpvlpa.data import load_split, load_split_file
 
     if recipe.data.dataset == "synthetic":
-        return len(load_split_file(Path(data_dir) / "synthetic_lt_train.json")["image_ids"])
+        root = Path(data_dir).expanduser()  # as the loaders read it
+        return len(load_split_file(root / "synthetic_lt_train.json")["image_ids"])
     return len(load_split(recipe.data.dataset, "train")["image_ids"])
 
 
@@ -167,7 +168,7 @@ def template_captions(data_dir, path):
     import llm_gen
     from llm_gen.backends import make_backend
 
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).expanduser()
     path = Path(path)
     split = llm_gen.load_split(
         split_file=data_dir / "synthetic_lt_train.json",
@@ -344,7 +345,11 @@ def _check_same_recipe(output, recipe):
     before = _flatten(load_recipe(saved).to_dict())
     now = _flatten(recipe.to_dict())
     # Only what the existing checkpoints depend on: fine-tuning settings may
-    # still change while phase 2 has not started.
+    # still change while phase 2 has not started. Phase 2's checkpoints depend
+    # on phase 1 too, even one that never ran (`pretrain.epochs = 0`): more
+    # pretraining now would be trained and then overwritten by them.
+    if "finetune" in started:
+        started.add("pretrain")
     ignored = ("eval.",) + tuple(f"{p}." for p in ("pretrain", "finetune")
                                  if p not in started)
     changed = sorted(k for k in set(before) | set(now)

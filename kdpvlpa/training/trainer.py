@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -81,11 +82,12 @@ def _check_free_space(folder, model):
     needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
     free = shutil.disk_usage(folder).free
     # Metadata and a margin: HDF5 adds a little per dataset.
-    if free < needed * 1.05 + 16 * 2**20:
+    needed = needed * 1.05 + 16 * 2**20
+    if free < needed:
         raise OSError(
             errno.ENOSPC,
             f"Not enough disk space for a checkpoint in {folder}: it needs about "
-            f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. The last "
+            f"{math.ceil(needed / 2**20)} MiB, {free / 2**20:.0f} MiB are free. The last "
             "checkpoint is intact; free some space and rerun to resume.",
         )
 

@@ -41,6 +41,8 @@ def describe_os_error(error):
     if error.strerror and error.filename:
         paths = [str(f) for f in (error.filename, error.filename2) if f]
         return f"{error.strerror}: {' -> '.join(paths)}"
+    if error.strerror:  # `OSError(errno.ENOSPC, "Not enough ...")`: no "[Errno 28]"
+        return error.strerror
     return str(error)
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,9 +128,14 @@ def test_a_full_disk_stops_before_the_checkpoint_is_written(tmp_path, synthetic_
 
     monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     model = tiny_model(synthetic_train.class_names)
-    with pytest.raises(OSError, match="Not enough disk space for a checkpoint"):
+    with pytest.raises(OSError, match="Not enough disk space for a checkpoint") as error:
         train_phase(model, "pretrain", _batches(model, synthetic_train), 3,
                     {"learning_rate": 1e-3}, tmp_path, verbose=0)
+    # The figure given is what the check asks for (weights, margin), not less
+    # than what is free.
+    needed, free = map(int, re.search(r"needs about (\d+) MiB, (\d+) MiB are free",
+                                      str(error.value)).groups())
+    assert needed >= 16 > free == 0
     assert len(calls) == 2
     assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.weights.h5", "state.json"]
@@ -236,6 +242,36 @@ def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
     _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
     with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
         _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
+
+
+def test_a_run_fine_tuned_without_pretraining_refuses_pretraining_now(tmp_path):
+    # Phase 1 never ran (0 epochs, no checkpoint), but phase 2's weights were
+    # trained without it: more pretraining would be trained, then overwritten.
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe
+
+    load_recipe("demo", ["pretrain.epochs=0"]).save(tmp_path / "recipe.toml")
+    _start_phase(tmp_path, "finetune")
+    with pytest.raises(PipelineError, match=r"pretrain.epochs: 0 -> 3"):
+        _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.epochs=3"]))
+    _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.epochs=0"]))
+
+
+def test_a_data_dir_under_home_is_read_as_the_loaders_read_it(tmp_path, monkeypatch):
+    # `--data-dir '~/data'` (quoted, so the shell left it): the set is drawn
+    # and loaded under $HOME, so the split size and captions come from there.
+    from kdpvlpa.data import make_synthetic_lt
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import template_captions, train_split_size
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_synthetic_lt(tmp_path / "data", num_classes=4, num_train=30, num_test=10,
+                      image_size=32)
+    recipe = load_recipe("demo", ["data.num_classes=4", "data.num_train=30",
+                                  "data.num_test=10", "data.image_size=32"])
+    assert train_split_size(recipe, "~/data") == 30
+    path = template_captions("~/data", tmp_path / "captions.jsonl")
+    assert len(path.read_text().splitlines()) == 30
 
 
 def test_demo_template_captions_always_match_the_split(synthetic_root, tmp_path):
