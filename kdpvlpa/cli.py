@@ -252,7 +252,8 @@ def predict_command(images, model_path, top, classes, as_json, debug):
         try:
             # The loader of training and evaluation, so an image gets the
             # scores `kdpvlpa evaluate` gives it.
-            pixels = load_training_image(path, model.preprocessor.image_size)
+            pixels = load_training_image(path, model.preprocessor.image_size,
+                                         model.preprocessor.crop_to_aspect_ratio)
         except (CorruptImageError, FileNotFoundError) as error:
             failed.append(str(error))
             continue

@@ -41,6 +41,10 @@ class DataConfig:
         image_size: int. Square input side in pixels (224 for CLIP ViT-B/16);
             it must equal the encoder's. For the synthetic dataset: the side
             the images are drawn at (the encoder resizes them).
+        crop_to_aspect_ratio: bool. True crops each image to its centred
+            square before resizing (CLIP's preprocessing); false resizes the
+            whole image to the square (LMPT's and DBL's), so that no labelled
+            object near the sides is cut off.
         horizontal_flip: bool. Random horizontal flips of training images.
         num_classes: int or None. Synthetic set only: number of classes
             (None: `make_synthetic_lt`'s default).
@@ -50,6 +54,7 @@ class DataConfig:
 
     dataset: str = "voc_lt"
     image_size: int = 224
+    crop_to_aspect_ratio: bool = True
     horizontal_flip: bool = True
     num_classes: int | None = None
     num_train: int | None = None

@@ -21,6 +21,8 @@ class TrainingBatches(keras.utils.PyDataset):
             or None to read images.
         image_paths: image files, when `features` is None.
         image_size: int, when reading images.
+        crop_to_aspect_ratio: bool, when reading images: as
+            `load_training_image` (the model's `preprocessor` has it).
         labels: `(N, C)` multi-hot targets, or None (pretraining).
         batch_size: int.
         shuffle: bool. A new order every epoch.
@@ -30,7 +32,7 @@ class TrainingBatches(keras.utils.PyDataset):
 
     def __init__(self, token_ids, padding_mask, features=None, image_paths=None,
                  image_size=None, labels=None, batch_size=32, shuffle=True, flip=False,
-                 seed=42):
+                 seed=42, crop_to_aspect_ratio=True):
         super().__init__(workers=1, use_multiprocessing=False)
         self.num_examples = len(token_ids)
         if self.num_examples == 0:
@@ -55,6 +57,7 @@ class TrainingBatches(keras.utils.PyDataset):
         self.features = features
         self.image_paths = image_paths
         self.image_size = image_size
+        self.crop_to_aspect_ratio = crop_to_aspect_ratio
         self.labels = None if labels is None else np.asarray(labels, "float32")
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -87,7 +90,8 @@ class TrainingBatches(keras.utils.PyDataset):
         else:
             images = []
             for r, v in zip(rows, views):
-                image = load_training_image(self.image_paths[r], self.image_size)
+                image = load_training_image(self.image_paths[r], self.image_size,
+                                            self.crop_to_aspect_ratio)
                 images.append(image[:, ::-1] if v else image)
             x["images"] = np.ascontiguousarray(np.stack(images))
         if self.labels is None:

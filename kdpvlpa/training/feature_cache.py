@@ -5,7 +5,7 @@ the image's horizontal flip) is computed once and read back in every later
 epoch and run. A cache entry is keyed by
 
 - the encoder's configuration and a hash of its weights,
-- the preprocessing (image size, mean, std, interpolation),
+- the preprocessing (image size, crop, mean, std, interpolation),
 - the image file (resolved path, size, modification time),
 
 so a changed encoder, preprocessing or image is never served stale
@@ -35,20 +35,28 @@ from kdpvlpa.utils.progress import Progress
 CACHE_FORMAT_VERSION = 1
 
 
-def load_training_image(path, image_size):
-    """Loads an image as uint8 RGB, centre-cropped square and resized.
+def load_training_image(path, image_size, crop_to_aspect_ratio=True):
+    """Loads an image as uint8 RGB, `image_size` square (PIL's bicubic).
 
     This is the one image loader of training and evaluation, with and
     without the cache, so both paths feed identical pixels to the encoder.
+
+    Args:
+        path: the image file.
+        image_size: int. Side of the square result.
+        crop_to_aspect_ratio: bool. True crops the centred square first (as
+            CLIP); False resizes the whole image (as LMPT and DBL).
     """
     from PIL import Image
 
     array = load_image(path)
     height, width = array.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    array = array[top : top + side, left : left + side]
-    if side != image_size:
+    if crop_to_aspect_ratio:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        array = array[top : top + side, left : left + side]
+        height = width = side
+    if (height, width) != (image_size, image_size):
         array = np.asarray(
             Image.fromarray(array).resize((image_size, image_size), Image.BICUBIC)
         )
@@ -69,6 +77,8 @@ def encoder_fingerprint(model):
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     pre = model.preprocessor.get_config()
     pre = {k: pre[k] for k in ("image_size", "mean", "std", "interpolation")}
+    if not model.preprocessor.crop_to_aspect_ratio:  # keys of older caches stay valid
+        pre["crop_to_aspect_ratio"] = False
     digest.update(json.dumps(pre, sort_keys=True).encode())
     digest.update(str(CACHE_FORMAT_VERSION).encode())
     for weight in model.image_encoder.weights:
@@ -183,6 +193,7 @@ class FeatureCache:
         self.dtype = dtype
         self.progress = progress
         self.image_size = model.preprocessor.image_size
+        self.crop_to_aspect_ratio = model.preprocessor.crop_to_aspect_ratio
         self.key = encoder_fingerprint(model)
         self.images_key = images_fingerprint(self.image_paths)
         folder = Path(cache_dir) / f"encoder-{self.key}"
@@ -259,7 +270,8 @@ class FeatureCache:
                       unit="images", hidden=not self.progress) as bar:
             for rows in chunks:
                 images = np.stack(
-                    [load_training_image(self.image_paths[r], self.image_size) for r in rows]
+                    [load_training_image(self.image_paths[r], self.image_size,
+                                         self.crop_to_aspect_ratio) for r in rows]
                 )
                 views = [images, images[:, :, ::-1]] if self.flips else [images]
                 for v, batch in enumerate(views):

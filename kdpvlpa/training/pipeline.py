@@ -85,6 +85,7 @@ def build_model(recipe, class_names, models_dir="models"):
             cross_attention_frequency=m.cross_attention_frequency,
             projection_dim=m.projection_dim,
             sequence_length=m.sequence_length,
+            crop_to_aspect_ratio=recipe.data.crop_to_aspect_ratio,
         )
     except ValueError as error:
         # The limits come from the checkpoints (positions, layers): name the
@@ -207,8 +208,9 @@ def predict_scores(model, dataset, cache_dir=None, batch_size=64, verbose=True):
         if features is not None:
             x = {"image_features": np.asarray(features[start:stop, 0], "float32")}
         else:
-            size = model.preprocessor.image_size
-            x = {"images": np.stack([load_training_image(p, size)
+            pre = model.preprocessor
+            x = {"images": np.stack([load_training_image(p, pre.image_size,
+                                                         pre.crop_to_aspect_ratio)
                                      for p in dataset.image_paths[start:stop]])}
         scores.append(ops.convert_to_numpy(model(x, training=False)["probabilities"]))
     return np.concatenate(scores).astype("float64")
@@ -514,6 +516,7 @@ def _run_in_folder(recipe, train, test, data_dir, output, phase, captions, model
             token_ids, padding_mask, features=features, image_paths=train.image_paths,
             image_size=model.preprocessor.image_size, labels=labels,
             batch_size=section.batch_size, shuffle=True, flip=flips, seed=recipe.seed,
+            crop_to_aspect_ratio=model.preprocessor.crop_to_aspect_ratio,
         )
 
     def optimizer_args(section):

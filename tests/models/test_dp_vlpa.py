@@ -200,6 +200,38 @@ def test_preprocessing_keeps_the_centre_and_drops_the_sides():
     np.testing.assert_allclose(got, np.broadcast_to(blue, got.shape), atol=1e-4)
 
 
+def test_preprocessing_can_resize_the_whole_image_and_keeps_that_through_saving(tmp_path):
+    # As LMPT and DBL: the side bands stay in view, squeezed.
+    model = _tiny_model(crop_to_aspect_ratio=False)
+    image = np.zeros((80, 160, 3), "uint8")
+    image[:, :, 2] = 255
+    image[:, :40] = (255, 0, 0)
+    image[:, 120:] = (255, 0, 0)
+    got = _np(model.preprocessor(image[None]))[0]
+    red = (np.array([1.0, 0.0, 0.0]) - CLIP_MEAN) / CLIP_STD
+    blue = (np.array([0.0, 0.0, 1.0]) - CLIP_MEAN) / CLIP_STD
+    side = TINY_IMAGE_SIZE // 4
+    np.testing.assert_allclose(got[:, : side - 2], np.broadcast_to(red, got[:, : side - 2].shape),
+                               atol=1e-4)
+    np.testing.assert_allclose(got[:, side + 2 : -side - 2],
+                               np.broadcast_to(blue, got[:, side + 2 : -side - 2].shape), atol=1e-4)
+    # Noise: close to PIL's bicubic on the whole image, as the training loader.
+    noise = np.random.RandomState(5).randint(0, 256, (96, 128, 3)).astype("uint8")
+    reference = np.stack(
+        [np.asarray(Image.fromarray(noise[..., c].astype("float32"), mode="F").resize(
+            (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), Image.BICUBIC)) for c in range(3)], axis=-1)
+    reference = (reference / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    np.testing.assert_allclose(_np(model.preprocessor(noise[None]))[0], reference, atol=2e-3)
+    # The choice is part of the model; the default (CLIP's crop) writes no key.
+    assert "crop_to_aspect_ratio" not in _tiny_model().get_config()
+    path = tmp_path / "whole.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert restored.preprocessor.crop_to_aspect_ratio is False
+    np.testing.assert_allclose(restored.predict(noise[None], verbose=0),
+                               model.predict(noise[None], verbose=0), atol=1e-6)
+
+
 # ----------------------------------------------------------------------
 # Serialization
 # ----------------------------------------------------------------------

@@ -58,6 +58,8 @@ def test_changed_encoder_or_preprocessing_or_image_changes_the_key(tmp_path, syn
     assert encoder_fingerprint(other_layer) != encoder_fingerprint(model)
     other_norm = tiny_model(synthetic_train.class_names, image_mean=(0.5, 0.5, 0.5))
     assert encoder_fingerprint(other_norm) != encoder_fingerprint(model)
+    other_resize = tiny_model(synthetic_train.class_names, crop_to_aspect_ratio=False)
+    assert encoder_fingerprint(other_resize) != encoder_fingerprint(model)
     copy = tmp_path / "copy.png"
     copy.write_bytes(paths[0].read_bytes())
     moved = FeatureCache(tmp_path, model, [copy] + paths[1:], progress=False)
@@ -219,3 +221,33 @@ def test_a_system_without_fallocate_still_caches(tmp_path, synthetic_train, monk
     features = np.array(FeatureCache(tmp_path, model, paths, progress=False).load())
     expected = model.encode_images(np.stack([load_training_image(p, 64) for p in paths]))
     np.testing.assert_allclose(features[:, 0], np.asarray(expected), atol=1e-6)
+
+
+def test_images_resized_whole_are_cached_as_the_model_reads_them(tmp_path, synthetic_train):
+    # 4:3 images with something only near the left side: the crop loses it,
+    # the whole-image resize (LMPT's, DBL's) keeps it, and the cache follows
+    # the model's choice.
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):  # the left 8 columns are cropped away
+        image = np.full((48, 64, 3), 60 * i + 40, np.uint8)
+        image[10:30, 8 * i : 8 * i + 6] = rng.integers(0, 50, 3, dtype=np.uint8) + (200, 0, 0)
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    whole = load_training_image(paths[0], 64, crop_to_aspect_ratio=False)
+    cropped = load_training_image(paths[0], 64)
+    reference = np.asarray(Image.open(paths[0]).resize((64, 64), Image.BICUBIC))
+    np.testing.assert_array_equal(whole, reference)
+    red = lambda x: ((x[..., 0] > 200) & (x[..., 1] < 60) & (x[..., 2] < 60)).sum()
+    assert red(whole) > 0 and red(cropped) == 0
+
+    model = tiny_model(synthetic_train.class_names, crop_to_aspect_ratio=False)
+    features = FeatureCache(tmp_path / "cache", model, paths, progress=False).load()
+    images = np.stack([load_training_image(p, 64, crop_to_aspect_ratio=False) for p in paths])
+    np.testing.assert_allclose(features[:, 0], ops.convert_to_numpy(model.encode_images(images)),
+                               atol=1e-5)
+    raw = TrainingBatches(np.ones((3, 4), "int32"), np.ones((3, 4), bool), image_paths=paths,
+                          image_size=64, batch_size=3, shuffle=False, crop_to_aspect_ratio=False)
+    np.testing.assert_array_equal(raw[0][0]["images"], images)

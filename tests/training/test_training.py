@@ -311,6 +311,18 @@ def test_model_settings_that_do_not_fit_the_checkpoints_name_the_key():
         build_model(recipe, ["dog", "cat"])
 
 
+def test_the_real_benchmarks_resize_whole_images_as_lmpt_and_dbl():
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import build_model
+
+    tiny = ["model.vision_preset=tiny_random_vit", "model.qformer_preset=tiny_random_bert",
+            "model.num_query_tokens=4", "model.sequence_length=24", "data.image_size=64"]
+    for name, crop in (("voc_lt", False), ("coco_lt", False), ("demo", True)):
+        recipe = load_recipe(name, overrides=tiny)
+        assert recipe.data.crop_to_aspect_ratio is crop
+        assert build_model(recipe, ["dog", "cat"]).preprocessor.crop_to_aspect_ratio is crop
+
+
 def test_fine_tuning_settings_may_change_until_phase_2_starts(tmp_path):
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import PipelineError, _check_same_recipe

@@ -96,6 +96,10 @@ class DPVLPA(keras.Model):
         prompt_template: str. Class prompt with one `{}` for the name.
         image_mean: 3 floats. Normalisation mean (CLIP's by default).
         image_std: 3 floats. Normalisation standard deviation.
+        crop_to_aspect_ratio: bool. True (CLIP's preprocessing) crops images
+            to their centred square before resizing; False resizes the whole
+            image (as LMPT and DBL, whose Table 1 numbers the paper compares
+            with), so objects near the sides stay in view.
         dtype: string or `keras.DTypePolicy`.
 
     Call arguments:
@@ -137,6 +141,7 @@ class DPVLPA(keras.Model):
         prompt_template="a photo of a {}.",
         image_mean=None,
         image_std=None,
+        crop_to_aspect_ratio=True,
         dtype=None,
         **kwargs,
     ):
@@ -172,7 +177,8 @@ class DPVLPA(keras.Model):
         if image_std is not None:
             pre_kwargs["std"] = image_std
         self.preprocessor = DPVLPAImagePreprocessor(
-            image_size=image_encoder.image_size, name="preprocessor", **pre_kwargs
+            image_size=image_encoder.image_size, crop_to_aspect_ratio=crop_to_aspect_ratio,
+            name="preprocessor", **pre_kwargs
         )
         self.image_encoder = image_encoder
         self.image_encoder.trainable = False
@@ -735,6 +741,8 @@ class DPVLPA(keras.Model):
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
         }
+        if not self.preprocessor.crop_to_aspect_ratio:  # 0.1.0 files lack the key
+            config["crop_to_aspect_ratio"] = False
         # Keras keeps only constructor arguments; these keep the layers a user
         # froze by hand (`model.qformer.trainable = False`). Written only when
         # needed, so that other files stay readable by kdpvlpa 0.1.0.

@@ -9,7 +9,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class DPVLPAImagePreprocessor(keras.layers.Layer):
     """Resizes and normalises RGB images for the CLIP encoder.
 
-    Images of any size are centre-cropped to a square and resized to
+    Images of any size are centre-cropped to a square (as CLIP) or, with
+    `crop_to_aspect_ratio=False`, squeezed whole (as LMPT and DBL), resized to
     `image_size` (bicubic, as CLIP), scaled from [0, 255] to [0, 1], then
     normalised with the CLIP mean and standard deviation.
 
@@ -24,19 +25,23 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
         mean: 3 floats. Per-channel mean, in [0, 1] units.
         std: 3 floats. Per-channel standard deviation.
         interpolation: str. Resize interpolation.
+        crop_to_aspect_ratio: bool. True crops the centred square before
+            resizing; False resizes the whole image to a square, so nothing
+            near its sides is cut off.
 
     Call arguments:
         images: `(B, H, W, 3)` uint8 or float RGB in [0, 255].
     """
 
     def __init__(self, image_size=224, mean=CLIP_MEAN, std=CLIP_STD,
-                 interpolation="bicubic", **kwargs):
+                 interpolation="bicubic", crop_to_aspect_ratio=True, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.interpolation = interpolation
+        self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
         self.built = True
 
     def call(self, images):
@@ -53,7 +58,8 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
             x = ops.image.resize(
                 x, (self.image_size, self.image_size),
                 interpolation=self.interpolation, antialias=True,
-                crop_to_aspect_ratio=True, data_format="channels_last",
+                crop_to_aspect_ratio=self.crop_to_aspect_ratio,
+                data_format="channels_last",
             )
         x = x / 255.0
         mean = ops.convert_to_tensor(self.mean, "float32")
@@ -68,5 +74,6 @@ class DPVLPAImagePreprocessor(keras.layers.Layer):
         config.update(
             image_size=self.image_size, mean=list(self.mean), std=list(self.std),
             interpolation=self.interpolation,
+            crop_to_aspect_ratio=self.crop_to_aspect_ratio,
         )
         return config
