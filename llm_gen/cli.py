@@ -127,9 +127,9 @@ def _refuse_options_of_other_backends(ctx, backend):
                    "e.g. max_model_len=4096, enforce_eager=true. Repeatable.")
 @click.option("--chat-template", type=click.Path(dir_okay=False, exists=True),
               help="Jinja chat template file for a model without one.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-              default="auto", show_default=True,
-              help="Model dtype (transformers backend).")
+@click.option("--dtype", default="auto", show_default=True,
+              help="Model dtype (transformers backend): auto, or a torch dtype name "
+                   "(float32, bfloat16, float16, ...).")
 @click.option("--device", help="Device for the transformers backend (default: "
                                "cuda if available).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.7, show_default=True)

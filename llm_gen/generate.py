@@ -315,9 +315,10 @@ def generate_captions(split, backend, out_path, *, max_attempts=3, batch_size=51
         A dict: counts of `written`, `skipped` and each status.
 
     Raises:
-        CaptionFileError: the file is malformed, belongs to another split or
-            shard, or was written with other settings (backend, model, prompt
-            version, sampling or validation).
+        CaptionFileError: the file is malformed or not a caption file,
+            belongs to another split or shard, or was written with other
+            settings (backend, model, prompt version, sampling, validation,
+            chat template) or other original captions.
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")

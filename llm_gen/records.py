@@ -110,13 +110,16 @@ def _parse_tail(raw, path, line_no="last line"):
     whole one, None when they are the start of one that a killed run left.
 
     Anything else (another file's last line, a JSON document) raises, so that
-    nobody's data is taken for a torn line and cut off.
+    nobody's data is taken for a torn line and cut off. NUL bytes at the end
+    count as torn: a crash can leave the unsynced end of a file zero-filled.
     """
     stripped = raw.strip()
     try:
         record = json.loads(stripped.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        if _RECORD_START.startswith(stripped) or stripped.startswith(_RECORD_START):
+        start = stripped.rstrip(b"\0").strip()
+        if (not start or _RECORD_START.startswith(start)
+                or start.startswith(_RECORD_START)):
             return None
         raise CaptionFileError(
             f"{path}:{line_no}: neither a caption record nor the start of one "

@@ -7,6 +7,7 @@ the final `model.keras`, `metrics.json`, a per-class AP table and chart.
 
 import contextlib
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -347,22 +348,32 @@ def _check_same_recipe(output, recipe):
     before = _flatten(load_recipe(saved).to_dict())
     now = _flatten(recipe.to_dict())
     # Only what the existing checkpoints depend on: fine-tuning settings may
-    # still change while phase 2 has not started. Phase 2's checkpoints depend
-    # on phase 1 too, even one that never ran (`pretrain.epochs = 0`): more
-    # pretraining now would be trained and then overwritten by them.
-    if "finetune" in started:
-        started.add("pretrain")
+    # still change while phase 2 has not started. Phase 2's checkpoints also
+    # depend on whether phase 1 ran: pretraining added now (`pretrain.epochs`
+    # 0 -> N) would be trained and then overwritten by them.
     ignored = ("eval.",) + tuple(f"{p}." for p in ("pretrain", "finetune")
                                  if p not in started)
+    frozen = {"pretrain.epochs"} if "finetune" in started else set()
     changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith(ignored))
+                     if before.get(k) != now.get(k)
+                     and (k in frozen or not k.startswith(ignored)))
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        keep = " ".join(f"--set {shlex.quote(f'{k}={_toml_value(before[k])}')}"
+                        for k in changed if before.get(k) is not None)
+        hint = f", rerun with the folder's values ({keep})" if keep else ""
         raise PipelineError(
             f"The run folder {output} holds checkpoints trained with a different recipe "
-            f"({details}). Resuming would mix settings: choose a new --output, or delete "
-            "the folder to start over."
+            f"({details}). Resuming would mix settings: choose a new --output{hint}, or "
+            "delete the folder to start over."
         )
+
+
+def _toml_value(value):
+    """A recipe value as `--set` reads it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_same_captions(output, image_ids, captions):

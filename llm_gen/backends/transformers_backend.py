@@ -42,16 +42,23 @@ class TransformersBackend(CaptionBackend):
         self._torch = torch
         self.batch_size = max(1, int(batch_size))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, str(dtype), None)
+        if not (torch_dtype == "auto" or isinstance(torch_dtype, torch.dtype)):
+            raise BackendError(
+                f"--dtype {dtype!r} is not a torch dtype; use auto, float32, bfloat16 "
+                "or float16."
+            )
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
                 model, local_files_only=True
             )
-            torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
             self.lm = transformers.AutoModelForCausalLM.from_pretrained(
                 model, local_files_only=True, dtype=torch_dtype
-            ).to(self.device)
-        except (OSError, ValueError) as e:
+            )
+        except (OSError, ValueError, RuntimeError) as e:
             raise BackendError(f"transformers could not load {model!r}: {e}") from e
+        try:
+            self.lm = self.lm.to(self.device)
         except (RuntimeError, AssertionError) as e:  # torch: a device it lacks
             raise BackendError(
                 f"transformers could not put {model!r} on device {self.device!r}: {e}"

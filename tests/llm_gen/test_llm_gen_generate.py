@@ -151,6 +151,21 @@ def test_a_file_llm_gen_did_not_write_is_refused_unchanged(split, tmp_path, cont
     assert out.read_bytes() == content
 
 
+@pytest.mark.parametrize("keep", [0, 20])
+def test_a_zero_filled_end_left_by_a_crash_is_removed(split, tmp_path, keep):
+    # After a power loss the unsynced end of a file can read back as NUL bytes:
+    # the last record (or the start of it) then NULs up to where it ended.
+    out = tmp_path / "c.jsonl"
+    generate_captions(split, ScriptedBackend(always_valid), out, limit=3)
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(b"".join(lines[:2]) + lines[2][:keep] + b"\0" * (len(lines[2]) - keep))
+    messages = []
+    counts = generate_captions(split, ScriptedBackend(always_valid), out, log=messages.append)
+    assert counts["skipped"] == 2 and counts["written"] == 10
+    assert "removed an unfinished last line" in messages[0]
+    assert sorted(r["image_id"] for r in read(out)) == sorted(split.image_ids)
+
+
 def test_a_torn_first_record_is_removed(split, tmp_path):
     # Killed while writing the very first record: no complete line at all.
     out = tmp_path / "c.jsonl"
@@ -317,11 +332,13 @@ def test_cli_file_system_and_option_errors_are_clear(tmp_path, tiny_split_files)
     result = runner.invoke(main, ["captions", "stats", str(tmp_path)])
     assert result.exit_code == 2 and "is a directory" in result.output
     # A dtype torch lacks, and a chat template that is not UTF-8, are refused
-    # before any model is loaded.
+    # before any model is loaded (`tmp_path` holds none).
     out = str(tmp_path / "c.jsonl")
-    result = runner.invoke(main, [*base, "--out", out, "--backend", "transformers",
-                                  "--model", str(tmp_path), "--dtype", "float33"])
-    assert result.exit_code == 2 and "'float33' is not one of" in result.output
+    for dtype in ("float33", "nn"):
+        result = runner.invoke(main, [*base, "--out", out, "--backend", "transformers",
+                                      "--model", str(tmp_path), "--dtype", dtype])
+        assert result.exit_code == 1
+        assert f"--dtype {dtype!r} is not a torch dtype" in result.output
     template = tmp_path / "t.jinja"
     template.write_bytes(b"\xff\xfe{{ messages }}")
     result = runner.invoke(main, [*base, "--out", out, "--backend", "transformers",

@@ -168,3 +168,19 @@ def test_a_file_written_with_another_chat_template_is_not_resumed(gemma_like_mod
     records = _generate(gemma_like_model, out, "--limit", "2", "--max-attempts", "1",
                         "--chat-template", str(own))
     assert len(records) == 2
+
+
+def test_a_model_that_does_not_load_is_not_called_a_device_problem(gemma_like_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(gemma_like_model, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["intermediate_size"] += 8  # the weights no longer fit
+    (broken / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--dataset", "voc_lt", "--backend", "transformers",
+        "--model", str(broken), "--out", str(tmp_path / "c.jsonl"), "--device", "cpu",
+        "--limit", "1"])
+    assert result.exit_code == 1 and "transformers could not load" in result.output
+    assert "on device" not in result.output

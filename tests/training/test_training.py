@@ -242,6 +242,15 @@ def test_run_folder_with_other_settings_is_not_resumed(tmp_path):
     _check_same_recipe(tmp_path, load_recipe("demo", overrides=["eval.batch_size=8"]))
     with pytest.raises(PipelineError, match=r"finetune.epochs: 10 -> 3"):
         _check_same_recipe(tmp_path, load_recipe("demo", overrides=["finetune.epochs=3"]))
+    # The message gives the overrides that resume the folder, and they do.
+    with pytest.raises(PipelineError) as error:
+        _check_same_recipe(tmp_path, load_recipe("demo", overrides=[
+            "data.horizontal_flip=true", "model.vision_preset=my models/clip"]))
+    assert ("(--set data.horizontal_flip=false --set model.vision_preset=tiny_random_vit)"
+            in str(error.value))
+    _check_same_recipe(tmp_path, load_recipe("demo", overrides=[
+        "data.horizontal_flip=true", "model.vision_preset=my models/clip",
+        "data.horizontal_flip=false", "model.vision_preset=tiny_random_vit"]))
 
 
 def test_a_run_fine_tuned_without_pretraining_refuses_pretraining_now(tmp_path):
@@ -252,9 +261,13 @@ def test_a_run_fine_tuned_without_pretraining_refuses_pretraining_now(tmp_path):
 
     load_recipe("demo", ["pretrain.epochs=0"]).save(tmp_path / "recipe.toml")
     _start_phase(tmp_path, "finetune")
-    with pytest.raises(PipelineError, match=r"pretrain.epochs: 0 -> 3"):
+    with pytest.raises(PipelineError, match=r"pretrain.epochs: 0 -> 3.*"
+                       "rerun with the folder's values \\(--set pretrain.epochs=0\\)"):
         _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.epochs=3"]))
     _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.epochs=0"]))
+    # Settings of the phase that never ran change nothing.
+    _check_same_recipe(tmp_path, load_recipe("demo", ["pretrain.epochs=0",
+                                                      "pretrain.learning_rate=1e-3"]))
 
 
 def test_a_data_dir_under_home_is_read_as_the_loaders_read_it(tmp_path, monkeypatch):
