@@ -155,9 +155,20 @@ class TargetFreeLoss(keras.losses.Loss):
     there is nothing to pass as `y_true`. `keras.losses.Loss.__call__`
     converts `y_true` to a tensor and fails on `None`; an empty dict passes
     through its conversion untouched and is turned back into `None` here.
+
+    Each is one value for the whole batch, so `sample_weight` is refused. Call
+    them on a model's output dict (in a custom `compute_loss`, say), not
+    through `compile(loss=...)`, which looks for a target per output.
     """
 
     def __call__(self, y_true=None, y_pred=None, sample_weight=None):
+        if sample_weight is not None:
+            # Keras would scale the batch's one value by the weights' mean.
+            raise ValueError(
+                f"{type(self).__name__} is one value for the whole batch (each "
+                "image's terms depend on the others), so it takes no "
+                "`sample_weight`."
+            )
         return super().__call__(
             {} if y_true is None else y_true, y_pred, sample_weight
         )

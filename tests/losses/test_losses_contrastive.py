@@ -401,6 +401,16 @@ def test_loss_class_reports_missing_keys():
         losses.GlobalContrastiveLoss()(None, {"image_queries": np.ones((2, 3, 4))})
 
 
+def test_batch_level_loss_classes_refuse_sample_weight():
+    # Keras would scale the one batch value by the weights' mean, silently.
+    rng = np.random.default_rng(3)
+    y_pred = {"image_queries": unit(rng, 4, 3, 5), "text_cls": unit(rng, 4, 5)}
+    for loss in (losses.GlobalContrastiveLoss(), losses.CoOccurrenceLoss(np.eye(2))):
+        with pytest.raises(ValueError, match="takes no `sample_weight`"):
+            loss(None, y_pred, sample_weight=np.array([1.0, 0.0, 0.0, 0.0]))
+    assert float(losses.GlobalContrastiveLoss()(None, y_pred)) > 0
+
+
 # --- bad inputs ---------------------------------------------------------------
 
 

@@ -763,6 +763,45 @@ def test_bad_compile_arguments_are_rejected():
             model.compile(phase="pretrain", **{key: "binary_crossentropy"})
 
 
+def test_bad_classification_loss_options_are_refused_at_compile():
+    model = _tiny_model()
+    _, labels = _caption_batch(model)
+    args = dict(phase="finetune", class_freq=labels.sum(0),
+                co_occurrence=co_occurrence_matrix(labels))
+    with pytest.raises(ValueError, match=r"Unknown `classification_loss_options` "
+                                         r"\['gamma_neeg'\]"):
+        model.compile(classification_loss_options={"gamma_neeg": 4}, **args)
+    with pytest.raises(ValueError, match="`clip` must be < 1"):
+        model.compile(classification_loss_options={"clip": 1.5}, **args)
+    model.compile(classification_loss_options={"gamma_neg": 4, "clip": 0.05}, **args)
+
+
+def test_dict_inputs_holding_a_list_of_images_get_a_clear_error():
+    model = _tiny_model()
+    images = list(_images(2, 64, 64))
+    for call in (model.predict, model):
+        with pytest.raises(ValueError, match="`images` must be one array, not a list of 2"):
+            call({"images": images})
+
+
+def test_after_fit_with_an_ema_optimizer_predictions_use_the_final_weights(tmp_path):
+    # Keras writes the EMA averages into the weights as fit ends, after the
+    # last validation pass cached class embeddings of the weights before.
+    model = _tiny_model()
+    x, labels = _caption_batch(model)
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-2, use_ema=True,
+                                                   ema_momentum=0.5),
+                  phase="finetune", class_freq=labels.sum(0),
+                  co_occurrence=co_occurrence_matrix(labels))
+    test_images = _images(4, 64, 64, seed=5)
+    model.fit(x, labels, batch_size=4, epochs=2, verbose=0,
+              validation_data=(test_images, labels))
+    after_fit = model.predict(test_images, verbose=0)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(after_fit, reloaded.predict(test_images, verbose=0), atol=1e-6)
+
+
 def test_sample_and_class_weights_are_refused_before_any_update():
     model = _tiny_model()
     x, labels = _caption_batch(model)

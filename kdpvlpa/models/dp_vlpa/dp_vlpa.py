@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kdpvlpa.losses import ClassificationLoss
 from kdpvlpa.losses import classification_loss
 from kdpvlpa.losses import co_occurrence_loss
 from kdpvlpa.losses import dqr_weights
@@ -52,6 +53,17 @@ def _check_class_names(class_names):
 
 
 def _check_not_a_list(inputs):
+    if isinstance(inputs, dict):
+        for key in ("images", "image_features"):
+            value = inputs.get(key)
+            if isinstance(value, (list, tuple)):
+                raise ValueError(
+                    f"`{key}` must be one array, not a {type(value).__name__} of "
+                    f"{len(value)} items. Stack them with np.stack; resize images of "
+                    "different sizes first (for example with "
+                    "`kdpvlpa.training.load_training_image`)."
+                )
+        return
     if isinstance(inputs, (list, tuple)):
         raise ValueError(
             "DPVLPA takes one (batch, height, width, 3) array of images or a "
@@ -496,6 +508,15 @@ class DPVLPA(keras.Model):
         self.tail_threshold = tail_threshold
         self.dqr_reweighting = bool(dqr_reweighting)
         self.classification_loss_options = dict(classification_loss_options or {})
+        # Checked now, not at the first training step after the data loaded.
+        unknown = sorted(set(self.classification_loss_options)
+                         - {"gamma_pos", "gamma_neg", "clip"})
+        if unknown:
+            raise ValueError(
+                f"Unknown `classification_loss_options` {unknown}: the options are "
+                "`gamma_pos`, `gamma_neg` and `clip`."
+            )
+        ClassificationLoss(**self.classification_loss_options)
         if self.image_encoder.trainable:
             raise ValueError(
                 "DP-VLPA keeps its CLIP image encoder frozen (the feature cache "
@@ -695,6 +716,14 @@ class DPVLPA(keras.Model):
         logs = super().train_step(data)
         self._class_embedding_cache = None
         return logs
+
+    def fit(self, *args, **kwargs):
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            # An EMA optimizer writes its averages into the weights as fit
+            # ends, after the last validation cached the class embeddings.
+            self._class_embedding_cache = None
 
     def predict(self, x, *args, **kwargs):
         _check_not_a_list(x)
