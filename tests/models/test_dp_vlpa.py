@@ -188,28 +188,30 @@ def test_preprocessing_crops_centre_and_resizes_like_pil_bicubic(height, width):
     np.testing.assert_allclose(got, _pil_reference(noise, TINY_IMAGE_SIZE), atol=2e-3)
 
 
-def test_preprocessing_keeps_the_centre_and_drops_the_sides():
-    model = _tiny_model()
-    # A wide image: red side bands outside the central square, blue inside.
+def _banded_image():
+    """A wide image: red side bands outside the central square, blue inside;
+    and the normalised red and blue."""
     image = np.zeros((80, 160, 3), "uint8")
     image[:, :, 2] = 255
     image[:, :40] = (255, 0, 0)
     image[:, 120:] = (255, 0, 0)
-    got = _np(model.preprocessor(image[None]))[0]
+    red = (np.array([1.0, 0.0, 0.0]) - CLIP_MEAN) / CLIP_STD
     blue = (np.array([0.0, 0.0, 1.0]) - CLIP_MEAN) / CLIP_STD
+    return image, red, blue
+
+
+def test_preprocessing_keeps_the_centre_and_drops_the_sides():
+    model = _tiny_model()
+    image, _, blue = _banded_image()
+    got = _np(model.preprocessor(image[None]))[0]
     np.testing.assert_allclose(got, np.broadcast_to(blue, got.shape), atol=1e-4)
 
 
 def test_preprocessing_can_resize_the_whole_image_and_keeps_that_through_saving(tmp_path):
     # As LMPT and DBL: the side bands stay in view, squeezed.
     model = _tiny_model(crop_to_aspect_ratio=False)
-    image = np.zeros((80, 160, 3), "uint8")
-    image[:, :, 2] = 255
-    image[:, :40] = (255, 0, 0)
-    image[:, 120:] = (255, 0, 0)
+    image, red, blue = _banded_image()
     got = _np(model.preprocessor(image[None]))[0]
-    red = (np.array([1.0, 0.0, 0.0]) - CLIP_MEAN) / CLIP_STD
-    blue = (np.array([0.0, 0.0, 1.0]) - CLIP_MEAN) / CLIP_STD
     side = TINY_IMAGE_SIZE // 4
     np.testing.assert_allclose(got[:, : side - 2], np.broadcast_to(red, got[:, : side - 2].shape),
                                atol=1e-4)
