@@ -100,10 +100,16 @@ class OpenAIBackend(CaptionBackend):
 
     def _first_model(self):
         answer = self._request("/models")
-        models = answer.get("data") or []
+        models = answer.get("data") if isinstance(answer, dict) else None
         if not models:
             raise BackendError(f"{self.base_url}/models lists no model; pass --model.")
-        return models[0]["id"]
+        try:
+            return str(models[0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(
+                f"{self.base_url}/models answered without data[0].id: "
+                f"{str(answer)[:300]}; pass --model."
+            ) from None
 
     def _one(self, messages, seed):
         if not self.supports_system_role:

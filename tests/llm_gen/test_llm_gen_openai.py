@@ -15,6 +15,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     requests = []
     refuse_label = None  # prompts with this label get HTTP 400
     no_system_role = False  # a Gemma chat template: system messages get HTTP 400
+    models = {"object": "list", "data": [{"id": "tiny-served"}]}  # GET /v1/models
 
     def log_message(self, *args):
         pass
@@ -29,7 +30,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "tiny-served"}]})
+            self._send(200, type(self).models)
         else:
             self._send(404, {"error": "not found"})
 
@@ -63,6 +64,7 @@ def server():
     _Handler.requests = []
     _Handler.refuse_label = None
     _Handler.no_system_role = False
+    _Handler.models = {"object": "list", "data": [{"id": "tiny-served"}]}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -135,6 +137,22 @@ def test_openai_server_down_is_a_clear_error(tmp_path, tiny_split_files):
     ])
     assert result.exit_code != 0
     assert "failed 3 times" in result.output and "Is the server running?" in result.output
+
+
+@pytest.mark.parametrize("models, message", [
+    ({"object": "list", "data": []}, "lists no model; pass --model"),
+    ([{"id": "x"}], "lists no model; pass --model"),
+    ({"data": [{"name": "x"}]}, "answered without data[0].id"),
+])
+def test_a_models_list_without_a_model_id_is_a_clear_error(server, tmp_path, tiny_split_files,
+                                                          models, message):
+    split_path, _ = tiny_split_files
+    _Handler.models = models
+    result = CliRunner().invoke(main, [
+        "generate-captions", "--split-file", str(split_path), "--backend", "openai",
+        "--base-url", server, "--out", str(tmp_path / "c.jsonl")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 def test_a_prompt_the_server_refuses_falls_back(server, tmp_path, tiny_split_files):
