@@ -2,8 +2,11 @@
 
 Both engines answer the same STAG prompts (the first VOC-LT training images)
 with the same model, greedy, and exactly `--max-tokens` new tokens each
-(end-of-sequence ignored), so the work is identical. Engine start-up and one
-warm-up round are excluded; the median over `--repeats` rounds is printed.
+(end-of-sequence ignored), so the work is identical. vLLM's prefix cache is
+emptied before each round, so a round does not reuse the previous round's
+prompts (within a round, prompts still share their common start, as in
+`generate-captions`). Engine start-up and one warm-up round are excluded; the
+median over `--repeats` rounds is printed.
 
 Without `--model` a tiny random Llama is built in a temporary folder (nothing
 is downloaded), which measures engine overhead more than model compute; give a
@@ -86,6 +89,7 @@ def bench_vllm(model, conversations, max_tokens, repeats, engine_args):
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 
     def run():
+        llm.reset_prefix_cache()  # every round starts cold, as each caption run does
         outputs = llm.chat(conversations, sampling_params=params, use_tqdm=False)
         assert all(len(o.outputs[0].token_ids) == max_tokens for o in outputs)
 

@@ -73,6 +73,9 @@ def main():
     parser.add_argument("--qformer", choices=["minilm", "bert-base"], default="minilm")
     parser.add_argument("--captions", choices=["stag", "short"], default="stag")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch fills the cache, "
+                     "the speed-up is measured on the later ones")
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)

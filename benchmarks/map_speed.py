@@ -61,6 +61,9 @@ def main():
         ours = average_precision(labels, scores)
         reference = sklearn_per_class(labels, scores)
     max_diff = float(np.max(np.abs(ours - reference)))
+    if not max_diff <= 1e-9:
+        raise SystemExit(f"average_precision differs from sklearn by {max_diff:.2e}; "
+                         "no timing is reported for wrong results.")
 
     ours_times, sklearn_times = [], []
     for _ in range(args.repeats):

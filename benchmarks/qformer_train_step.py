@@ -33,6 +33,11 @@ import statistics
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# Keras' torch backend puts its tensors on CUDA whenever there is one: pin it to
+# --device (read before Keras is imported), so both sides run on one device.
+_device = argparse.ArgumentParser(add_help=False)
+_device.add_argument("--device", default="cpu")
+os.environ["KERAS_TORCH_DEVICE"] = _device.parse_known_args()[0].device
 
 import kdpvlpa  # noqa: E402,F401
 import keras  # noqa: E402

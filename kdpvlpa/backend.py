@@ -13,6 +13,29 @@ class BackendError(ImportError):
     """Raised when Keras was configured for a backend other than torch."""
 
 
+class MissingDependencyError(ImportError):
+    """Raised when a package kdpvlpa needs is not installed; says how to
+    install it."""
+
+
+def import_keras_hub():
+    """`keras_hub`, or an error that gives the install command.
+
+    keras-hub is not among kdpvlpa's dependencies: its wheel requires
+    tensorflow-text, which would pull in TensorFlow, so it is installed with
+    `--no-deps` (README, "Why the install looks like this").
+    """
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"kdpvlpa needs keras-hub ({error}). Install it without its "
+            "dependencies, which would pull in TensorFlow: "
+            "`pip install --no-deps keras-hub==0.32.0`."
+        ) from None
+    return keras_hub
+
+
 def ensure_torch_backend():
     requested = os.environ.get("KERAS_BACKEND")
     if requested is None:

@@ -20,13 +20,15 @@ def main():
 
 def _user_errors():
     """Exceptions that describe bad input: reported in one line, no traceback."""
+    from kdpvlpa.backend import MissingDependencyError
     from kdpvlpa.data import CaptionFileError, CorruptImageError, MissingImagesError
     from kdpvlpa.recipes import RecipeError
     from kdpvlpa.training.pipeline import PipelineError
 
     # OSError covers files that cannot be written (permissions, a full disk).
     return (MissingImagesError, CorruptImageError, CaptionFileError, RecipeError,
-            PipelineError, OSError, ValueError, FloatingPointError)
+            PipelineError, OSError, ValueError, FloatingPointError,
+            MissingDependencyError)
 
 
 _RESUME_HINTS = {

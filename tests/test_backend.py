@@ -140,3 +140,21 @@ def test_console_script_is_declared():
     scripts = {ep.name: ep.value for ep in distribution.entry_points
                if ep.group == "console_scripts"}
     assert scripts.get("kdpvlpa") == "kdpvlpa.cli:main"
+
+
+def test_without_keras_hub_fit_says_how_to_install_it(tmp_path, monkeypatch):
+    # keras-hub is installed by hand (--no-deps); a machine without it gets the
+    # command, not a traceback.
+    from click.testing import CliRunner
+
+    from kdpvlpa.cli import main
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # `import keras_hub` fails
+    result = CliRunner().invoke(main, [
+        "fit", "--recipe", "demo", "--data-dir", str(tmp_path / "d"),
+        "--output", str(tmp_path / "r"), "--set", "model.qformer_preset=tiny_random_bert",
+        "--set", "model.sequence_length=24", "--set", "data.num_train=20",
+        "--set", "data.num_test=10"])
+    assert result.exit_code == 1, result.output
+    assert "kdpvlpa needs keras-hub" in result.output
+    assert "pip install --no-deps keras-hub==0.32.0" in result.output

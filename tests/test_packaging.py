@@ -31,7 +31,7 @@ def installed(tmp_path_factory):
     for name in ("kdpvlpa", "llm_gen", "recipes"):
         shutil.copytree(REPO / name, source / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "-w", str(tmp / "dist"), str(source)],
@@ -53,6 +53,11 @@ def test_the_wheel_holds_the_recipes_and_splits(installed):
     assert sorted(n.split("/")[-1] for n in names
                   if n.startswith("kdpvlpa/data/splits/") and n.endswith(".json")) == splits
     assert not any(n.startswith(("tests/", "recipes/", "benchmarks/")) for n in names)
+    # The licence, and the READMEs that error messages point to.
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    for readme in ("kdpvlpa/data/README.md", "llm_gen/README.md",
+                   "llm_gen/requirements-vllm-cpu.txt"):
+        assert readme in names
 
 
 def test_an_installed_wheel_finds_its_recipes_and_splits(installed, tmp_path):

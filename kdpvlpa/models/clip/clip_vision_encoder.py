@@ -68,7 +68,9 @@ class CLIPVisionEncoder(keras.Model):
                 "`image_size` must be a multiple of `patch_size`. Received: "
                 f"image_size={image_size}, patch_size={patch_size}"
             )
-        from keras_hub.models import CLIPVisionEncoder as HubCLIPVisionEncoder
+        from kdpvlpa.backend import import_keras_hub
+
+        HubCLIPVisionEncoder = import_keras_hub().models.CLIPVisionEncoder
 
         self.encoder = HubCLIPVisionEncoder(
             patch_size=patch_size,

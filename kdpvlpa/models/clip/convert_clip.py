@@ -94,7 +94,9 @@ def _is_keras_hub_preset(path):
 
 
 def _from_keras_hub(preset, **kwargs):
-    import keras_hub
+    from kdpvlpa.backend import import_keras_hub
+
+    keras_hub = import_keras_hub()
 
     try:
         hub = keras_hub.models.Backbone.from_preset(str(preset))

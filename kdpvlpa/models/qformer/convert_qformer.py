@@ -36,7 +36,9 @@ TINY_CONFIG = dict(
 
 def load_qformer_tokenizer(preset):
     """The WordPiece tokenizer that goes with a Q-Former preset."""
-    from keras_hub.models import BertTokenizer
+    from kdpvlpa.backend import import_keras_hub
+
+    BertTokenizer = import_keras_hub().models.BertTokenizer
 
     from kdpvlpa.models.qformer.qformer_tokenizer import load_bert_tokenizer
 

@@ -42,7 +42,9 @@ def load_bert_tokenizer(folder):
     tokenizer reads it: `do_lower_case` (default True) and `strip_accents`
     (default: as `do_lower_case`).
     """
-    from keras_hub.models import BertTokenizer
+    from kdpvlpa.backend import import_keras_hub
+
+    BertTokenizer = import_keras_hub().models.BertTokenizer
 
     folder = Path(folder)
     vocab = folder / "vocab.txt"
