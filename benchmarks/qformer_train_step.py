@@ -35,9 +35,9 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 # Keras' torch backend puts its tensors on CUDA whenever there is one: pin it to
 # --device (read before Keras is imported), so both sides run on one device.
-_device = argparse.ArgumentParser(add_help=False)
-_device.add_argument("--device", default="cpu")
-os.environ["KERAS_TORCH_DEVICE"] = _device.parse_known_args()[0].device
+_DEVICE = argparse.ArgumentParser(add_help=False)
+_DEVICE.add_argument("--device", default="cpu", help="cpu or cuda")
+os.environ["KERAS_TORCH_DEVICE"] = _DEVICE.parse_known_args()[0].device
 
 import kdpvlpa  # noqa: E402,F401
 import keras  # noqa: E402
@@ -52,12 +52,11 @@ from kdpvlpa.training.optimizers import AdamW  # noqa: E402
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[_DEVICE])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=768)

@@ -4,6 +4,7 @@
 imported here: a backend imports its engine only when it is built.
 """
 
+import contextlib
 import json
 import sys
 
@@ -41,6 +42,18 @@ def _read_chat_template(path):
     except click.BadParameter as e:
         e.param_hint = "--chat-template"
         raise
+
+
+@contextlib.contextmanager
+def _reported_as_click_errors():
+    """Bad caption files, backends that cannot run and files that cannot be
+    read or written end the command with one line, not a traceback."""
+    try:
+        yield
+    except (CaptionFileError, BackendError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(describe_os_error(e)) from None
 
 
 def _load_split_or_fail(dataset, split_file, original_captions, no_original=False):
@@ -222,8 +235,8 @@ def generate_captions_command(dataset, split_file, original_captions,
         err=True,
     )
     try:
-        with Progress(total, "captions", stream=sys.stderr, unit="images",
-                      hidden=quiet) as bar:
+        with _reported_as_click_errors(), Progress(total, "captions", stream=sys.stderr,
+                                                   unit="images", hidden=quiet) as bar:
 
             def log(message):
                 bar.break_line()
@@ -237,10 +250,6 @@ def generate_captions_command(dataset, split_file, original_captions,
                                       template_text),
                 strict_validation=strict_validation,
             )
-    except (CaptionFileError, BackendError) as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:  # --out cannot be written
-        raise click.ClickException(describe_os_error(e)) from None
     except KeyboardInterrupt:
         click.echo("Interrupted. Rerun the same command to resume: finished "
                    "images are kept.", err=True)
@@ -268,12 +277,8 @@ def stats_command(file, dataset, split_file, as_json):
     With --dataset or --split-file, also the images of the split that FILE
     lacks.
     """
-    try:
+    with _reported_as_click_errors():
         records, torn = read_records(file, allow_torn_tail=True)
-    except CaptionFileError as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(describe_os_error(e)) from None
     split = None
     if dataset or split_file:
         split = _load_split_or_fail(dataset, split_file, None, no_original=True)
@@ -313,15 +318,11 @@ def merge_command(shards, out_path, dataset, split_file, overwrite):
     if dataset or split_file:
         split = _load_split_or_fail(dataset, split_file, None, no_original=True)
     else:
-        try:
-            names = set()
+        names = set()
+        with _reported_as_click_errors():
             for path in shards:
                 records, _ = read_records(path, allow_torn_tail=True)
                 names |= {r.get("dataset") for r in records}
-        except CaptionFileError as e:
-            raise click.ClickException(str(e)) from None
-        except OSError as e:
-            raise click.ClickException(describe_os_error(e)) from None
         if len(names) == 1 and next(iter(names)) in PACKAGED_DATASETS:
             split = _load_split_or_fail(next(iter(names)), None, None, no_original=True)
         else:
@@ -329,12 +330,8 @@ def merge_command(shards, out_path, dataset, split_file, overwrite):
                 f"The shards name dataset(s) {sorted(map(str, names))}; give "
                 "--dataset or --split-file so that completeness can be checked."
             )
-    try:
+    with _reported_as_click_errors():
         n = merge_shards(shards, out_path, split=split, overwrite=overwrite)
-    except CaptionFileError as e:
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        raise click.ClickException(describe_os_error(e)) from None
     click.echo(f"{out_path}: {n} records from {len(shards)} shard files, each image once.")
 
 

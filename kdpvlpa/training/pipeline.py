@@ -359,7 +359,7 @@ def _check_same_recipe(output, recipe):
                      and (k in frozen or not k.startswith(ignored)))
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
-        keep = " ".join(f"--set {shlex.quote(f'{k}={_toml_value(before[k])}')}"
+        keep = " ".join(f"--set {shlex.quote(f'{k}={_set_value(before[k])}')}"
                         for k in changed if before.get(k) is not None)
         hint = f", rerun with the folder's values ({keep})" if keep else ""
         raise PipelineError(
@@ -369,11 +369,11 @@ def _check_same_recipe(output, recipe):
         )
 
 
-def _toml_value(value):
-    """A recipe value as `--set` reads it back."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _set_value(value):
+    """A recipe value as `--set` reads it back: TOML, strings unquoted."""
+    from kdpvlpa.recipes import _toml_value
+
+    return value if isinstance(value, str) else _toml_value(value)
 
 
 def _check_same_captions(output, image_ids, captions):

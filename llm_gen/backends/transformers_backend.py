@@ -64,7 +64,7 @@ class TransformersBackend(CaptionBackend):
                 f"transformers could not put {model!r} on device {self.device!r}: {e}"
             ) from e
         self.lm.eval()
-        self.custom_chat_template = chat_template
+        self.chat_template = chat_template  # --chat-template, or None
         if chat_template:
             self.tokenizer.chat_template = chat_template
         if not getattr(self.tokenizer, "chat_template", None):
@@ -84,7 +84,7 @@ class TransformersBackend(CaptionBackend):
 
     def describe(self):
         fields = super().describe()
-        fields["chat_template"] = chat_template_digest(self.custom_chat_template)
+        fields["chat_template"] = chat_template_digest(self.chat_template)
         fields["device"] = self.device
         return fields
 

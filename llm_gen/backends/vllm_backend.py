@@ -59,7 +59,7 @@ class VLLMBackend(CaptionBackend):
         except ImportError:  # older vLLM raised ValueError only
             VLLMClientError = ValueError
         self._refusals = (ValueError, VLLMClientError)
-        self.chat_template = self.custom_chat_template = chat_template
+        self.chat_template = chat_template
         self.engine_args = dict(engine_args or {})
         self.tensor_parallel_size = tensor_parallel_size
         try:
@@ -91,7 +91,7 @@ class VLLMBackend(CaptionBackend):
 
     def describe(self):
         fields = super().describe()
-        fields["chat_template"] = chat_template_digest(self.custom_chat_template)
+        fields["chat_template"] = chat_template_digest(self.chat_template)
         fields["tensor_parallel_size"] = self.tensor_parallel_size
         return fields
 

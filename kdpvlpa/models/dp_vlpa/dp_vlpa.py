@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import keras
@@ -508,13 +509,15 @@ class DPVLPA(keras.Model):
         self.tail_threshold = tail_threshold
         self.dqr_reweighting = bool(dqr_reweighting)
         self.classification_loss_options = dict(classification_loss_options or {})
-        # Checked now, not at the first training step after the data loaded.
-        unknown = sorted(set(self.classification_loss_options)
-                         - {"gamma_pos", "gamma_neg", "clip"})
+        # Checked now, not at the first training step after the data loaded:
+        # the options are `classification_loss`'s keyword arguments.
+        known = [k for k in inspect.signature(classification_loss).parameters
+                 if k not in ("labels", "logits")]
+        unknown = sorted(set(self.classification_loss_options) - set(known))
         if unknown:
             raise ValueError(
                 f"Unknown `classification_loss_options` {unknown}: the options are "
-                "`gamma_pos`, `gamma_neg` and `clip`."
+                f"{', '.join(f'`{k}`' for k in known)}."
             )
         ClassificationLoss(**self.classification_loss_options)
         if self.image_encoder.trainable:

