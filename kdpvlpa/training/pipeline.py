@@ -35,7 +35,7 @@ PRESET_HINTS = {
                      "with transformers' save_pretrained (or downloaded with "
                      "`hf download openai/clip-vit-base-patch16 --local-dir "
                      "{models_dir}/clip-vit-base-patch16`; `huggingface-cli download` "
-                     "with an older huggingface_hub)",
+                     "with an older huggingface_hub), or OpenAI's own ViT-B-16.pt",
     "qformer_preset": "a BERT checkpoint with its tokenizer, e.g. bert-base-uncased "
                       "(`hf download bert-base-uncased --local-dir "
                       "{models_dir}/bert-base-uncased`)",
@@ -50,15 +50,21 @@ def resolve_preset(value, key, models_dir):
     """A recipe's preset value as something `from_preset` loads.
 
     Named presets pass through; an existing path is used as is; otherwise the
-    name is looked up in `models_dir`.
+    name is looked up in `models_dir`. Checkpoints are folders, except that
+    the image encoder may also be one file (OpenAI's `ViT-B-16.pt`, an
+    open_clip checkpoint).
     """
     if value in NAMED_PRESETS:
         return value
+
+    def usable(path):
+        return path.is_dir() or (key == "vision_preset" and path.is_file())
+
     path = Path(value).expanduser()
-    if path.is_dir():
+    if usable(path):
         return str(path)
     candidate = Path(models_dir) / value
-    if candidate.is_dir():
+    if usable(candidate):
         return str(candidate)
     raise PipelineError(
         f"model.{key} = {value!r} was found neither as a folder nor in the models folder "

@@ -361,6 +361,12 @@ def test_missing_checkpoint_hint_names_the_models_folder(tmp_path):
     (models / "clip-vit-base-patch16").mkdir(parents=True)
     assert resolve_preset("clip-vit-base-patch16", "vision_preset", models) == str(
         models / "clip-vit-base-patch16")
+    # The image encoder may be one file (OpenAI's ViT-B-16.pt); the Q-Former
+    # needs its folder, with the tokenizer.
+    (models / "ViT-B-16.pt").write_bytes(b"")
+    assert resolve_preset("ViT-B-16.pt", "vision_preset", models) == str(models / "ViT-B-16.pt")
+    with pytest.raises(PipelineError, match="found neither as a folder"):
+        resolve_preset("ViT-B-16.pt", "qformer_preset", models)
 
 
 def test_the_per_class_chart_legend_has_the_group_colours(tmp_path, monkeypatch):

@@ -132,16 +132,21 @@ class CLIPVisionEncoder(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
-        """Builds the encoder from a local checkpoint folder or a preset.
+        """Builds the encoder from a local checkpoint folder or file, or a preset.
 
         Args:
             preset: str or path. A local Hugging Face folder of a `CLIPModel`
                 or `CLIPVisionModel` (`save_pretrained`; safetensors or bin),
-                a local keras-hub CLIP preset folder, a kdpvlpa
-                preset folder, or `"tiny_random_vit"` (a small randomly
-                initialised encoder for demos and tests).
-            **kwargs: `feature_layer`, `image_size`, `dtype`.
+                OpenAI's TorchScript release file (`ViT-B-16.pt`), an
+                open_clip Hub folder (`open_clip_config.json` and its
+                weights) or state-dict file, a local keras-hub CLIP preset
+                folder, a kdpvlpa preset folder, or `"tiny_random_vit"` (a
+                small randomly initialised encoder for demos and tests).
+            **kwargs: `feature_layer`, `image_size`, `dtype`, and
+                `intermediate_activation` (`"quick_gelu"` or `"gelu"`), which
+                an open_clip state-dict file needs since it does not say.
         """
+
         from kdpvlpa.models.clip.convert_clip import load_clip_vision_preset
 
         return load_clip_vision_preset(preset, **kwargs)

@@ -1,16 +1,28 @@
-"""Loading CLIP image towers from Hugging Face and keras-hub checkpoints.
+"""Loading CLIP image towers from Hugging Face, OpenAI, open_clip and keras-hub checkpoints.
 
 keras-hub has no converter for Hugging Face CLIP folders, so this maps
-`vision_model.*` tensors onto keras-hub's layer names.
+`vision_model.*` tensors onto keras-hub's layer names. OpenAI's own release
+files (`clip.load`'s TorchScript `ViT-B-16.pt`) and open_clip checkpoints
+name the same tensors differently (`visual.transformer.resblocks.*`, one
+fused query/key/value projection); they are renamed to Hugging Face's names
+first, as transformers' own CLIP conversion script does.
 """
 
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from kdpvlpa.models.preset import is_kdpvlpa_preset, load_model_preset
-from kdpvlpa.utils.hf_checkpoint import WeightReader, find_prefix, read_hf_config, read_hf_weights
+from kdpvlpa.utils.hf_checkpoint import (
+    WeightReader,
+    find_prefix,
+    is_hf_folder,
+    read_hf_config,
+    read_hf_weights,
+)
 
 # Small randomly initialised encoders that need no file: for the offline demo
 # and the tests. The encoder is frozen, so its random features are fixed.
@@ -88,6 +100,207 @@ def load_hf_clip_weights(model, weights, source=""):
     return reader
 
 
+# open_clip's files in a Hugging Face Hub folder (`open_clip_config.json` beside them).
+_OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)")
+_BLOCK_NAMES = {
+    "ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+}
+_TOP_NAMES = {
+    "class_embedding": "embeddings.class_embedding",
+    "conv1.weight": "embeddings.patch_embedding.weight",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
+    "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias",
+}
+
+
+def _is_torchscript_archive(file):
+    # `torch.jit.save` archives hold compiled code and a constants table;
+    # `torch.save` archives hold neither.
+    if not zipfile.is_zipfile(file):
+        return False
+    with zipfile.ZipFile(file) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _as_numpy(state, source):
+    import torch
+
+    arrays = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            # OpenAI's files are float16; NumPy has no bfloat16.
+            arrays[name] = (value.float() if value.is_floating_point() else value).numpy()
+    if not arrays:
+        raise ValueError(f"{source} holds no tensors.")
+    return arrays
+
+
+def read_clip_checkpoint_file(file):
+    """Reads an OpenAI CLIP or open_clip checkpoint file.
+
+    Args:
+        file: path-like. OpenAI's TorchScript release file (`ViT-B-16.pt`,
+            what `clip.load` downloads), or an open_clip checkpoint: a state
+            dict saved with `torch.save` (`open_clip_pytorch_model.bin`, a
+            training checkpoint whose `"state_dict"` holds it, `module.`
+            prefixes included) or `open_clip_model.safetensors`.
+
+    Returns:
+        `(weights, torchscript)`: `{name: np.ndarray}` in float32 for
+        floating tensors, and whether the file was a TorchScript archive.
+    """
+    import torch
+
+    file = Path(file)
+    source = str(file)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _as_numpy(load_file(source), source), False
+    if _is_torchscript_archive(file):
+        # OpenAI's release format. TorchScript archives run no Python pickle
+        # code, but, as with any checkpoint, load only files you trust.
+        return _as_numpy(torch.jit.load(source, map_location="cpu").state_dict(), source), True
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a file it cannot read
+        raise ValueError(
+            f"Could not read {source} as a PyTorch checkpoint: {error}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # an open_clip training checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"{source} holds a {type(state).__name__}, not a state dict.")
+    return _as_numpy(state, source), False
+
+
+def clip_weights_from_open_clip(weights, source, intermediate_activation, head_width=64):
+    """Renames an OpenAI/open_clip image tower to Hugging Face's names.
+
+    Args:
+        weights: `{name: array}` of an OpenAI CLIP or open_clip model (or of
+            its image tower alone). Tensors outside the image tower and its
+            output projection `proj`, which the Q-Former does not use, are
+            left out.
+        source: str. The checkpoint's name, for error messages.
+        intermediate_activation: str. `"quick_gelu"` (OpenAI's weights) or
+            `"gelu"`; the file does not say which.
+        head_width: int. Width of one attention head (64 for every OpenAI
+            model and open_clip's default).
+
+    Returns:
+        `(hf_weights, hf_config)` for `load_hf_clip_weights` and
+        `clip_config_from_hf`.
+    """
+    prefix = find_prefix(weights, "class_embedding")
+    if prefix is None or prefix + "transformer.resblocks.0.attn.in_proj_weight" not in weights:
+        kind = "a ResNet image tower" if find_prefix(weights, "layer1.0.conv1") else "no ViT image tower"
+        raise ValueError(
+            f"{source} has {kind} in OpenAI/open_clip layout (`visual.class_embedding`, "
+            "`visual.transformer.resblocks.*`); CLIPVisionEncoder loads CLIP ViTs."
+        )
+    converted, unknown, blocks = {}, [], set()
+    for key, value in weights.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        block = _BLOCK.fullmatch(name)
+        if name in _TOP_NAMES:
+            converted[_TOP_NAMES[name]] = value
+        elif name == "proj":
+            continue  # the image-text projection head
+        elif block is None:
+            unknown.append(key)
+        else:
+            index, rest = block.groups()
+            blocks.add(int(index))
+            layer = f"encoder.layers.{index}."
+            module, _, kind = rest.rpartition(".")
+            if module == "attn" and kind in ("in_proj_weight", "in_proj_bias"):
+                # One (3 * width, ...) tensor: query, key and value, in that order.
+                for part, chunk in zip(("q_proj", "k_proj", "v_proj"), np.split(value, 3)):
+                    converted[f"{layer}self_attn.{part}.{kind[len('in_proj_'):]}"] = chunk
+            elif module in _BLOCK_NAMES and kind in ("weight", "bias"):
+                converted[f"{layer}{_BLOCK_NAMES[module]}.{kind}"] = value
+            else:
+                unknown.append(key)
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:5])
+        raise ValueError(
+            f"{source} has {len(unknown)} image-tower tensors CLIPVisionEncoder has no "
+            f"place for ({shown}): a CLIP variant with layers OpenAI's ViT does not have "
+            "(LayerScale, attention pooling, extra norms), which this loader does not support."
+        )
+    for name in ("embeddings.patch_embedding.weight", "embeddings.position_embedding.weight"):
+        if name not in converted:
+            raise ValueError(f"{source} has no image-tower tensor for {name!r}.")
+    width, _, patch, _ = converted["embeddings.patch_embedding.weight"].shape
+    positions = converted["embeddings.position_embedding.weight"].shape[0]
+    grid = int(round((positions - 1) ** 0.5))
+    if grid * grid + 1 != positions:
+        raise ValueError(f"{source}: {positions} position embeddings are not 1 + a square grid.")
+    if width % head_width:
+        raise ValueError(f"{source}: width {width} is not a multiple of the head width {head_width}.")
+    config = {
+        "model_type": "clip_vision_model",
+        "hidden_size": width,
+        "patch_size": patch,
+        "image_size": grid * patch,
+        "num_hidden_layers": max(blocks) + 1,
+        "num_attention_heads": width // head_width,
+        "intermediate_size": converted["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        "hidden_act": intermediate_activation,
+    }
+    return converted, config
+
+
+def _load_open_clip(path, kwargs):
+    """Builds the encoder from an OpenAI/open_clip file or open_clip folder."""
+    from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
+
+    source = str(path)
+    head_width, activation = 64, kwargs.pop("intermediate_activation", None)
+    if path.is_dir():
+        config_file = path / "open_clip_config.json"
+        try:
+            model_cfg = json.loads(config_file.read_text())["model_cfg"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"{config_file} is not an open_clip config (no valid 'model_cfg'): {error}"
+            ) from None
+        vision_cfg = model_cfg.get("vision_cfg")
+        head_width = vision_cfg.get("head_width", 64) if isinstance(vision_cfg, dict) else 64
+        if activation is None:
+            activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+        files = [path / name for name in _OPEN_CLIP_WEIGHT_FILES if (path / name).is_file()]
+        if not files:
+            raise FileNotFoundError(
+                f"{source} has open_clip_config.json but none of "
+                f"{', '.join(_OPEN_CLIP_WEIGHT_FILES)}."
+            )
+        weights, _ = read_clip_checkpoint_file(files[0])
+    else:
+        weights, torchscript = read_clip_checkpoint_file(path)
+        if activation is None:
+            if not torchscript:
+                raise ValueError(
+                    f"{source} is a state dict, which does not say the image tower's "
+                    "activation: pass intermediate_activation='quick_gelu' (OpenAI's "
+                    "weights) or 'gelu' (most open_clip weights trained by others), or "
+                    "give the open_clip folder with its open_clip_config.json."
+                )
+            activation = "quick_gelu"  # OpenAI's release files: every model uses QuickGELU
+    hf_weights, hf_config = clip_weights_from_open_clip(weights, source, activation, head_width)
+    args = clip_config_from_hf(hf_config, source)
+    args.update(kwargs)
+    model = CLIPVisionEncoder(**args)
+    load_hf_clip_weights(model, hf_weights, source)
+    return model
+
+
 def _is_keras_hub_preset(path):
     return (path / "metadata.json").is_file() and (path / "config.json").is_file() and \
         "registered_name" in json.loads((path / "config.json").read_text())
@@ -132,13 +345,16 @@ def load_clip_vision_preset(preset, **kwargs):
         config.update(kwargs)
         return CLIPVisionEncoder(**config)
     path = Path(preset).expanduser()
+    if path.is_file() or (path / "open_clip_config.json").is_file() and not is_hf_folder(path):
+        return _load_open_clip(path, kwargs)
     if not path.is_dir():
         # kdpvlpa never downloads: a bare keras-hub name (which keras-hub
         # would fetch from Kaggle) is refused like a missing folder.
         raise FileNotFoundError(
-            f"CLIP checkpoint folder {preset!r} does not exist. Give a local "
+            f"CLIP checkpoint {preset!r} does not exist. Give a local "
             "Hugging Face CLIPModel/CLIPVisionModel folder (e.g. "
-            "openai/clip-vit-base-patch16 saved with save_pretrained), a local "
+            "openai/clip-vit-base-patch16 saved with save_pretrained), OpenAI's "
+            "ViT-B-16.pt, an open_clip checkpoint file or folder, a local "
             "keras-hub CLIP preset folder (`save_to_preset`), or "
             "'tiny_random_vit'. Nothing is downloaded."
         )

@@ -260,8 +260,9 @@ class DPVLPA(keras.Model):
 
         Args:
             vision_preset: anything `CLIPVisionEncoder.from_preset` accepts
-                (a local Hugging Face CLIP folder, a local keras-hub CLIP
-                preset folder, a kdpvlpa preset folder, or `"tiny_random_vit"`).
+                (a local Hugging Face CLIP folder, OpenAI's `ViT-B-16.pt`, an
+                open_clip folder, a local keras-hub CLIP preset folder, a
+                kdpvlpa preset folder, or `"tiny_random_vit"`).
             qformer_preset: anything `QFormerBackbone.from_preset` accepts
                 (a local BERT or BLIP-2 Q-Former folder, `"minilm"`,
                 `"tiny_random_bert"`); its tokenizer comes from the same place.
