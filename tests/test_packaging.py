@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -22,17 +23,21 @@ def test_every_package_of_the_tree_is_listed():
     assert listed["package-dir"] == {"kdpvlpa.recipe_files": "recipes"}
 
 
+def _copy_source(target):
+    # Builds run on a copy, so that their files stay out of the checkout.
+    for name in ("kdpvlpa", "llm_gen", "recipes", "tests", "benchmarks", "docs"):
+        shutil.copytree(REPO / name, target / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(REPO / name, target / name)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
-    # Built from a copy, so that the build's files stay out of the checkout,
-    # and as pip builds it for an install (isolated, with the declared setuptools).
+    # Built as pip builds it for an install (isolated, with the declared setuptools).
     source = tmp / "source"
-    for name in ("kdpvlpa", "llm_gen", "recipes"):
-        shutil.copytree(REPO / name, source / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(REPO / name, source / name)
+    _copy_source(source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "-w", str(tmp / "dist"), str(source)],
                    check=True, capture_output=True, timeout=300, cwd=tmp)
@@ -74,3 +79,24 @@ def test_an_installed_wheel_finds_its_recipes_and_splits(installed, tmp_path):
     assert lines[0] == "recipe_files"
     assert lines[1] == str(sorted(p.stem for p in (REPO / "recipes").glob("*.toml")))
     assert lines[2:] == ["demo", "1142"]
+
+
+def test_the_sdist_carries_the_tests_benchmarks_and_docs(tmp_path):
+    source = tmp_path / "source"
+    _copy_source(source)
+    (source / "tests" / "__pycache__").mkdir(exist_ok=True)
+    (source / "tests" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"")
+    build = ("import sys; from setuptools import build_meta; "
+             "print(build_meta.build_sdist(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", build, str(tmp_path / "dist")], cwd=source,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (sdist,) = (tmp_path / "dist").glob("kdpvlpa-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
+    expected = {str(p.relative_to(REPO)) for top in ("tests", "benchmarks", "docs")
+                for p in (REPO / top).rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert expected <= names, sorted(expected - names)[:5]
+    assert {"recipes/demo.toml", "LICENSE", "kdpvlpa/cli.py"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
