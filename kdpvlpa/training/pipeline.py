@@ -95,9 +95,10 @@ def build_model(recipe, class_names, models_dir="models"):
             crop_to_aspect_ratio=recipe.data.crop_to_aspect_ratio,
         )
     except ValueError as error:
-        # The limits come from the checkpoints (positions, layers): name the
-        # recipe's section so the user knows which --set to change.
-        raise PipelineError(f"[model] does not fit the checkpoints: {error}") from None
+        # A checkpoint that cannot be read, or [model] values beyond its limits
+        # (positions, layers): name the recipe's section so the user knows
+        # which --set to change.
+        raise PipelineError(f"The recipe's [model] checkpoints: {error}") from None
     size = model.image_encoder.image_size
     if recipe.data.dataset != "synthetic" and recipe.data.image_size != size:
         raise PipelineError(

@@ -19,8 +19,13 @@ def is_hf_folder(path):
     path = Path(path)
     if not (path / "config.json").is_file():
         return False
-    config = json.loads((path / "config.json").read_text())
-    return "model_type" in config or "architectures" in config
+    config = read_hf_config(path)
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
+
+
+def has_hf_weights(path):
+    """Whether a folder holds weights in one of `save_pretrained`'s files."""
+    return any((Path(path) / name).is_file() for name in _WEIGHT_FILES + _INDEX_FILES)
 
 
 def read_hf_config(path):
@@ -30,7 +35,7 @@ def read_hf_config(path):
         raise FileNotFoundError(f"No config.json in checkpoint folder {path}.")
     try:
         return json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_file} is not valid JSON: {error}") from None
 
 
@@ -65,6 +70,13 @@ def read_hf_weights(path):
     )
 
 
+class MissingTensorError(ValueError, KeyError):
+    """A checkpoint lacks a tensor the model needs (a `ValueError`: bad input)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
 class WeightReader:
     """Looks up checkpoint tensors by name, under an optional prefix.
 
@@ -84,7 +96,7 @@ class WeightReader:
     def get(self, name):
         key = self.prefix + name
         if key not in self.weights:
-            raise KeyError(
+            raise MissingTensorError(
                 f"Checkpoint {self.source} has no tensor '{key}'."
             )
         self.used.add(key)

@@ -137,6 +137,13 @@ def _openai_state_dict(hf_model):
         "visual.proj": torch.randn(hf["post_layernorm.weight"].shape[0], 8),
         "logit_scale": torch.tensor(4.6),
         "token_embedding.weight": torch.randn(50, 16),
+        "transformer.resblocks.0.attn.in_proj_weight": torch.randn(48, 16),
+        "transformer.resblocks.0.ln_1.weight": torch.randn(16),
+        "ln_final.weight": torch.randn(16),
+        # OpenAI's TorchScript files also carry these integers.
+        "input_resolution": torch.tensor(hf_model.config.image_size),
+        "context_length": torch.tensor(77),
+        "vocab_size": torch.tensor(50),
     }
     for i in range(hf_model.config.num_hidden_layers):
         h, o = f"encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
@@ -204,35 +211,96 @@ def test_loads_openai_torchscript_release_file(tmp_path):
                                    atol=1e-5, rtol=0)
 
 
-def test_loads_open_clip_folder_and_training_checkpoint(tmp_path):
-    # open_clip's Hub folder: the config gives the activation and head width.
-    hf = _tiny_openai_style_clip(hidden_act="gelu", heads=4)
-    state = _openai_state_dict(hf)
-    folder = tmp_path / "open_clip"
+def _open_clip_folder(folder, state, model_cfg, safetensors=False, preprocess_cfg=None):
     folder.mkdir()
-    torch.save(state, folder / "open_clip_pytorch_model.bin")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
-        "embed_dim": 8, "vision_cfg": {"image_size": 32, "layers": 3, "width": 128,
-                                       "patch_size": 8, "head_width": 32}}}))
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  str(folder / "open_clip_model.safetensors"))
+    else:
+        torch.save(state, folder / "open_clip_pytorch_model.bin")
+    config = {"model_cfg": model_cfg}
+    if preprocess_cfg is not None:
+        config["preprocess_cfg"] = preprocess_cfg
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_loads_open_clip_folders(tmp_path):
+    # open_clip's Hub folder: the config gives the activation and head width.
     images = np.random.default_rng(5).normal(size=(1, 32, 32, 3)).astype("float32")
-    expected = _reference_hidden_states(hf, images)[-2]
+    vision_cfg = {"image_size": 32, "layers": 3, "width": 128, "patch_size": 8, "head_width": 32}
+    hf = _tiny_openai_style_clip(hidden_act="gelu", heads=4)
+    folder = _open_clip_folder(tmp_path / "gelu", _openai_state_dict(hf),
+                               {"embed_dim": 8, "vision_cfg": vision_cfg})
     encoder = CLIPVisionEncoder.from_preset(folder)
     assert (encoder.num_heads, encoder.intermediate_activation) == (4, "gelu")
+    np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()),
+                               _reference_hidden_states(hf, images)[-2], atol=1e-5, rtol=0)
+    hf = _tiny_openai_style_clip(hidden_act="quick_gelu", heads=4)
+    folder = _open_clip_folder(tmp_path / "quick", _openai_state_dict(hf),
+                               {"quick_gelu": True, "vision_cfg": vision_cfg}, safetensors=True)
+    encoder = CLIPVisionEncoder.from_preset(folder)
+    assert encoder.intermediate_activation == "quick_gelu"
+    np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()),
+                               _reference_hidden_states(hf, images)[-2], atol=1e-5, rtol=0)
+
+
+def test_open_clip_folder_settings_it_cannot_follow_are_named(tmp_path):
+    state = _openai_state_dict(_tiny_openai_style_clip())
+    folder = _open_clip_folder(tmp_path / "tanh", state, {"vision_cfg": {
+        "width": 128, "act_kwargs": {"approximate": "tanh"}}})
+    with pytest.raises(ValueError, match="sets vision_cfg act_kwargs"):
+        CLIPVisionEncoder.from_preset(folder)
+    folder = _open_clip_folder(tmp_path / "imagenet", state, {"quick_gelu": True},
+                               preprocess_cfg={"mean": [0.485, 0.456, 0.406],
+                                               "std": [0.229, 0.224, 0.225]})
+    with pytest.warns(UserWarning, match="pass image_mean and image_std to DPVLPA"):
+        CLIPVisionEncoder.from_preset(folder)
+    (tmp_path / "bad_config").mkdir()
+    (tmp_path / "bad_config" / "open_clip_config.json").write_text('{"model_cfg": [1]}')
+    with pytest.raises(ValueError, match="no 'model_cfg' object"):
+        CLIPVisionEncoder.from_preset(tmp_path / "bad_config")
+
+
+def test_a_folder_with_both_kinds_of_weights_reads_hugging_face_s(tmp_path):
+    # LAION's Hub folders hold both; with only the open_clip weights
+    # downloaded, those are read.
+    hf = _tiny_hf_clip(tmp_path / "both")
+    images = np.random.default_rng(6).normal(size=(1, 32, 32, 3)).astype("float32")
+    (tmp_path / "both" / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    (tmp_path / "both" / "open_clip_pytorch_model.bin").write_bytes(b"not read")
+    expected = _reference_hidden_states(hf, images)[-2]
+    encoder = CLIPVisionEncoder.from_preset(tmp_path / "both")
     np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()), expected,
                                atol=1e-5, rtol=0)
-    # A training checkpoint (DataParallel prefixes) needs the activation given.
+    hf = _tiny_openai_style_clip()
+    folder = _open_clip_folder(tmp_path / "only_open_clip", _openai_state_dict(hf),
+                               {"quick_gelu": True})
+    hf.config.save_pretrained(folder)  # config.json without model.safetensors
+    encoder = CLIPVisionEncoder.from_preset(folder)
+    np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()),
+                               _reference_hidden_states(hf, images)[-2], atol=1e-5, rtol=0)
+
+
+def test_open_clip_state_dict_files_need_the_activation_and_heads(tmp_path):
+    # A training checkpoint (DataParallel prefixes): nothing in it says the
+    # activation, nor, at a width other than ViT-B's or ViT-L's, the heads.
+    hf = _tiny_openai_style_clip(hidden_act="gelu", heads=4)
     checkpoint = tmp_path / "epoch_32.pt"
     torch.save({"epoch": 32, "name": "run",
-                "state_dict": {"module." + k: v for k, v in state.items()}}, checkpoint)
-    with pytest.raises(ValueError, match="intermediate_activation"):
+                "state_dict": {"module." + k: v for k, v in _openai_state_dict(hf).items()}},
+               checkpoint)
+    with pytest.raises(ValueError, match="intermediate_activation='quick_gelu'"):
         CLIPVisionEncoder.from_preset(checkpoint)
-    # Heads of 64 by default; the attention's split into heads changes the
-    # result, so compare with a reference of 2 heads.
-    hf2 = _tiny_openai_style_clip(hidden_act="gelu", heads=2)
-    hf2.load_state_dict(hf.state_dict())
-    encoder = CLIPVisionEncoder.from_preset(checkpoint, intermediate_activation="gelu")
+    with pytest.raises(ValueError, match="width 128, whose number of attention heads"):
+        CLIPVisionEncoder.from_preset(checkpoint, intermediate_activation="gelu")
+    encoder = CLIPVisionEncoder.from_preset(checkpoint, intermediate_activation="gelu",
+                                            num_heads=4)
+    images = np.random.default_rng(7).normal(size=(1, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(encoder(images).detach().cpu()),
-                               _reference_hidden_states(hf2, images)[-2], atol=1e-5, rtol=0)
+                               _reference_hidden_states(hf, images)[-2], atol=1e-5, rtol=0)
 
 
 def test_unsupported_openai_layout_checkpoints_name_the_problem(tmp_path):
@@ -255,3 +323,30 @@ def test_unsupported_openai_layout_checkpoints_name_the_problem(tmp_path):
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
     with pytest.raises(FileNotFoundError, match="open_clip_pytorch_model.bin"):
         CLIPVisionEncoder.from_preset(folder)
+    state = _openai_state_dict(_tiny_openai_style_clip())
+    no_ln_pre = {k: v for k, v in state.items() if "ln_pre" not in k}
+    _save_torchscript(no_ln_pre, tmp_path / "no_ln_pre.pt")
+    with pytest.raises(ValueError, match=r"lacks 2 image-tower tensors .* built with no_ln_pre"):
+        CLIPVisionEncoder.from_preset(tmp_path / "no_ln_pre.pt")
+    no_bias = {k: v for k, v in state.items() if k != "visual.transformer.resblocks.2.attn.in_proj_bias"}
+    _save_torchscript(no_bias, tmp_path / "no_bias.pt")
+    with pytest.raises(ValueError, match=r"lacks 1 .* visual\.transformer\.resblocks\.2\.attn\.in_proj_bias"):
+        CLIPVisionEncoder.from_preset(tmp_path / "no_bias.pt")
+    (tmp_path / "torn.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="Could not read .*torn.safetensors"):
+        CLIPVisionEncoder.from_preset(tmp_path / "torn.safetensors")
+    _tiny_hf_clip(tmp_path / "hf")
+    with pytest.raises(ValueError, match="holds Hugging Face CLIP weights: give the folder"):
+        CLIPVisionEncoder.from_preset(tmp_path / "hf" / "model.safetensors")
+
+
+def test_a_missing_tensor_is_an_input_error_naming_it(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _tiny_hf_clip(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    (key,) = [k for k in weights if k.endswith("encoder.layers.1.mlp.fc2.bias")]
+    del weights[key]
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"has no tensor '{key}'"):
+        CLIPVisionEncoder.from_preset(tmp_path)

@@ -319,7 +319,7 @@ def test_model_settings_that_do_not_fit_the_checkpoints_name_the_key():
         build_model(recipe, ["dog", "cat"])
     recipe = load_recipe("voc_lt", overrides=tiny + ["data.image_size=64",
                                                      "model.sequence_length=100000"])
-    with pytest.raises(PipelineError, match=r"\[model\] does not fit the checkpoints: "
+    with pytest.raises(PipelineError, match=r"The recipe's \[model\] checkpoints: "
                                             "`sequence_length` must be between"):
         build_model(recipe, ["dog", "cat"])
 

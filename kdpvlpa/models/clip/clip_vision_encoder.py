@@ -142,9 +142,10 @@ class CLIPVisionEncoder(keras.Model):
                 weights) or state-dict file, a local keras-hub CLIP preset
                 folder, a kdpvlpa preset folder, or `"tiny_random_vit"` (a
                 small randomly initialised encoder for demos and tests).
-            **kwargs: `feature_layer`, `image_size`, `dtype`, and
-                `intermediate_activation` (`"quick_gelu"` or `"gelu"`), which
-                an open_clip state-dict file needs since it does not say.
+            **kwargs: `feature_layer`, `image_size`, `dtype`; and, for an
+                open_clip state-dict file, which does not say them,
+                `intermediate_activation` (`"quick_gelu"` or `"gelu"`) and,
+                at widths other than ViT-B's and ViT-L's, `num_heads`.
         """
 
         from kdpvlpa.models.clip.convert_clip import load_clip_vision_preset

@@ -10,6 +10,7 @@ first, as transformers' own CLIP conversion script does.
 
 import json
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kdpvlpa.models.preset import is_kdpvlpa_preset, load_model_preset
 from kdpvlpa.utils.hf_checkpoint import (
     WeightReader,
     find_prefix,
+    has_hf_weights,
     is_hf_folder,
     read_hf_config,
     read_hf_weights,
@@ -156,20 +158,24 @@ def read_clip_checkpoint_file(file):
 
     file = Path(file)
     source = str(file)
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return _as_numpy(load_file(source), source), False
-    if _is_torchscript_archive(file):
-        # OpenAI's release format. TorchScript archives run no Python pickle
-        # code, but, as with any checkpoint, load only files you trust.
-        return _as_numpy(torch.jit.load(source, map_location="cpu").state_dict(), source), True
+    torchscript = False
     try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return _as_numpy(load_file(source), source), False
+        torchscript = _is_torchscript_archive(file)
+        if torchscript:
+            # OpenAI's release format. TorchScript archives run no Python pickle
+            # code, but, as with any checkpoint, load only files you trust.
+            state = torch.jit.load(source, map_location="cpu").state_dict()
+            return _as_numpy(state, source), True
         state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a file it cannot read
-        raise ValueError(
-            f"Could not read {source} as a PyTorch checkpoint: {error}"
-        ) from None
+    except (OSError, ValueError):
+        raise
+    except Exception as error:  # torch and safetensors raise many kinds for a bad file
+        kind = "TorchScript archive" if torchscript else "checkpoint"
+        raise ValueError(f"Could not read {source} as a {kind}: {error}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # an open_clip training checkpoint
     if not isinstance(state, dict):
@@ -177,7 +183,21 @@ def read_clip_checkpoint_file(file):
     return _as_numpy(state, source), False
 
 
-def clip_weights_from_open_clip(weights, source, intermediate_activation, head_width=64):
+# The image tower's tensors that every OpenAI/open_clip ViT has (per block:
+# `_BLOCK_TENSORS`); a checkpoint without one is a variant this loader does
+# not know (open_clip's `no_ln_pre`, for one).
+_TOWER_TENSORS = ("class_embedding", "conv1.weight", "positional_embedding", "ln_pre.weight",
+                  "ln_pre.bias", "ln_post.weight", "ln_post.bias")
+_BLOCK_TENSORS = tuple(f"{m}.{k}" for m in ("ln_1", "attn.out_proj", "ln_2", "mlp.c_fc",
+                                            "mlp.c_proj") for k in ("weight", "bias")) + (
+    "attn.in_proj_weight", "attn.in_proj_bias")
+# Widths whose heads are 64 wide in every OpenAI and open_clip model (ViT-B,
+# ViT-L); open_clip's larger towers use other head widths (ViT-H 80, ViT-g 88).
+_HEAD_WIDTH_64 = (768, 1024)
+
+
+def clip_weights_from_open_clip(weights, source, intermediate_activation, head_width=None,
+                                num_heads=None):
     """Renames an OpenAI/open_clip image tower to Hugging Face's names.
 
     Args:
@@ -188,8 +208,11 @@ def clip_weights_from_open_clip(weights, source, intermediate_activation, head_w
         source: str. The checkpoint's name, for error messages.
         intermediate_activation: str. `"quick_gelu"` (OpenAI's weights) or
             `"gelu"`; the file does not say which.
-        head_width: int. Width of one attention head (64 for every OpenAI
-            model and open_clip's default).
+        head_width: int or None. Width of one attention head (64 in every
+            OpenAI model; open_clip's `vision_cfg.head_width`). None: 64 for
+            ViT-B and ViT-L widths (768, 1024), else `num_heads` is needed.
+        num_heads: int or None. The number of heads, if known; it wins over
+            `head_width`.
 
     Returns:
         `(hf_weights, hf_config)` for `load_hf_clip_weights` and
@@ -202,7 +225,19 @@ def clip_weights_from_open_clip(weights, source, intermediate_activation, head_w
             f"{source} has {kind} in OpenAI/open_clip layout (`visual.class_embedding`, "
             "`visual.transformer.resblocks.*`); CLIPVisionEncoder loads CLIP ViTs."
         )
-    converted, unknown, blocks = {}, [], set()
+    blocks = sorted({int(m.group(1)) for k in weights if k.startswith(prefix)
+                     for m in [_BLOCK.fullmatch(k[len(prefix):])] if m})
+    required = list(_TOWER_TENSORS) + [f"transformer.resblocks.{i}.{name}"
+                                       for i in range(blocks[-1] + 1) for name in _BLOCK_TENSORS]
+    missing = [prefix + name for name in required if prefix + name not in weights]
+    if missing:
+        hint = (" (an open_clip model built with no_ln_pre)"
+                if prefix + "ln_pre.weight" in missing else "")
+        raise ValueError(
+            f"{source} lacks {len(missing)} image-tower tensors of a CLIP ViT, e.g. "
+            f"{', '.join(missing[:3])}{hint}; this loader reads OpenAI's ViT layout."
+        )
+    converted, unknown = {}, []
     for key, value in weights.items():
         if not key.startswith(prefix):
             continue
@@ -216,7 +251,6 @@ def clip_weights_from_open_clip(weights, source, intermediate_activation, head_w
             unknown.append(key)
         else:
             index, rest = block.groups()
-            blocks.add(int(index))
             layer = f"encoder.layers.{index}."
             module, _, kind = rest.rpartition(".")
             if module == "attn" and kind in ("in_proj_weight", "in_proj_bias"):
@@ -234,27 +268,75 @@ def clip_weights_from_open_clip(weights, source, intermediate_activation, head_w
             f"place for ({shown}): a CLIP variant with layers OpenAI's ViT does not have "
             "(LayerScale, attention pooling, extra norms), which this loader does not support."
         )
-    for name in ("embeddings.patch_embedding.weight", "embeddings.position_embedding.weight"):
-        if name not in converted:
-            raise ValueError(f"{source} has no image-tower tensor for {name!r}.")
     width, _, patch, _ = converted["embeddings.patch_embedding.weight"].shape
     positions = converted["embeddings.position_embedding.weight"].shape[0]
     grid = int(round((positions - 1) ** 0.5))
     if grid * grid + 1 != positions:
         raise ValueError(f"{source}: {positions} position embeddings are not 1 + a square grid.")
-    if width % head_width:
-        raise ValueError(f"{source}: width {width} is not a multiple of the head width {head_width}.")
+    if num_heads is None:
+        if head_width is None:
+            if width not in _HEAD_WIDTH_64:
+                raise ValueError(
+                    f"{source} is a state dict of width {width}, whose number of attention "
+                    "heads it does not say (open_clip's ViT-H has heads 80 wide, ViT-g 88): "
+                    "pass num_heads, or give the open_clip folder with its "
+                    "open_clip_config.json."
+                )
+            head_width = 64
+        if width % head_width:
+            raise ValueError(
+                f"{source}: width {width} is not a multiple of the head width {head_width}.")
+        num_heads = width // head_width
     config = {
         "model_type": "clip_vision_model",
         "hidden_size": width,
         "patch_size": patch,
         "image_size": grid * patch,
-        "num_hidden_layers": max(blocks) + 1,
-        "num_attention_heads": width // head_width,
+        "num_hidden_layers": blocks[-1] + 1,
+        "num_attention_heads": num_heads,
         "intermediate_size": converted["encoder.layers.0.mlp.fc1.weight"].shape[0],
         "hidden_act": intermediate_activation,
     }
     return converted, config
+
+
+# open_clip config options that change the image tower's numbers without
+# changing its tensors' names, which CLIPVisionEncoder does not implement.
+_UNSUPPORTED_VISION_CFG = ("act_kwargs", "norm_kwargs", "no_ln_pre", "ls_init_value",
+                           "attentional_pool", "timm_model_name", "hf_model_name")
+
+
+def _open_clip_folder_settings(path):
+    """`(head_width, quick_gelu)` from an open_clip Hub folder's config."""
+    from kdpvlpa.models.dp_vlpa.dp_vlpa_image_preprocessor import CLIP_MEAN, CLIP_STD
+
+    config_file = path / "open_clip_config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from None
+    model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{config_file} is not an open_clip config: it has no 'model_cfg' object.")
+    vision_cfg = model_cfg.get("vision_cfg") or {}
+    if not isinstance(vision_cfg, dict):
+        raise ValueError(f"{config_file}: model_cfg.vision_cfg is not an object.")
+    unsupported = [k for k in _UNSUPPORTED_VISION_CFG if vision_cfg.get(k)]
+    if unsupported:
+        raise ValueError(
+            f"{config_file} sets vision_cfg {', '.join(unsupported)}: an image tower "
+            "CLIPVisionEncoder, which follows OpenAI's ViT, does not implement."
+        )
+    preprocess = config.get("preprocess_cfg") or {}
+    for key, clip in (("mean", CLIP_MEAN), ("std", CLIP_STD)):
+        value = preprocess.get(key) if isinstance(preprocess, dict) else None
+        if value is not None and not np.allclose(value, clip):
+            warnings.warn(
+                f"{config_file} normalises images with {key} {value}, not CLIP's "
+                f"{list(clip)}: pass image_mean and image_std to DPVLPA to match it.",
+                stacklevel=3,
+            )
+    return vision_cfg.get("head_width", 64), bool(model_cfg.get("quick_gelu", False))
 
 
 def _load_open_clip(path, kwargs):
@@ -262,19 +344,12 @@ def _load_open_clip(path, kwargs):
     from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
 
     source = str(path)
-    head_width, activation = 64, kwargs.pop("intermediate_activation", None)
+    activation = kwargs.pop("intermediate_activation", None)
+    num_heads = kwargs.pop("num_heads", None)
     if path.is_dir():
-        config_file = path / "open_clip_config.json"
-        try:
-            model_cfg = json.loads(config_file.read_text())["model_cfg"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(
-                f"{config_file} is not an open_clip config (no valid 'model_cfg'): {error}"
-            ) from None
-        vision_cfg = model_cfg.get("vision_cfg")
-        head_width = vision_cfg.get("head_width", 64) if isinstance(vision_cfg, dict) else 64
+        head_width, quick_gelu = _open_clip_folder_settings(path)
         if activation is None:
-            activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+            activation = "quick_gelu" if quick_gelu else "gelu"
         files = [path / name for name in _OPEN_CLIP_WEIGHT_FILES if (path / name).is_file()]
         if not files:
             raise FileNotFoundError(
@@ -284,6 +359,13 @@ def _load_open_clip(path, kwargs):
         weights, _ = read_clip_checkpoint_file(files[0])
     else:
         weights, torchscript = read_clip_checkpoint_file(path)
+        if find_prefix(weights, "embeddings.patch_embedding.weight") is not None:
+            raise ValueError(
+                f"{source} holds Hugging Face CLIP weights: give the folder that holds "
+                "it with its config.json."
+            )
+        # OpenAI's release files: every model has QuickGELU and heads 64 wide.
+        head_width = 64 if torchscript else None
         if activation is None:
             if not torchscript:
                 raise ValueError(
@@ -292,8 +374,9 @@ def _load_open_clip(path, kwargs):
                     "weights) or 'gelu' (most open_clip weights trained by others), or "
                     "give the open_clip folder with its open_clip_config.json."
                 )
-            activation = "quick_gelu"  # OpenAI's release files: every model uses QuickGELU
-    hf_weights, hf_config = clip_weights_from_open_clip(weights, source, activation, head_width)
+            activation = "quick_gelu"
+    hf_weights, hf_config = clip_weights_from_open_clip(weights, source, activation,
+                                                        head_width, num_heads)
     args = clip_config_from_hf(hf_config, source)
     args.update(kwargs)
     model = CLIPVisionEncoder(**args)
@@ -345,7 +428,10 @@ def load_clip_vision_preset(preset, **kwargs):
         config.update(kwargs)
         return CLIPVisionEncoder(**config)
     path = Path(preset).expanduser()
-    if path.is_file() or (path / "open_clip_config.json").is_file() and not is_hf_folder(path):
+    # A Hub folder of LAION's models holds both kinds of weights: Hugging
+    # Face's are read when they are there.
+    if path.is_file() or (path / "open_clip_config.json").is_file() and not (
+            is_hf_folder(path) and has_hf_weights(path)):
         return _load_open_clip(path, kwargs)
     if not path.is_dir():
         # kdpvlpa never downloads: a bare keras-hub name (which keras-hub
