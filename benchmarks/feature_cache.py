@@ -19,6 +19,9 @@ depends on its size and on the captions' length:
   sequence length of 64 tokens; `--captions short`: one short sentence
   (about 14 tokens) at length 40.
 
+`--dtype mixed_bfloat16` runs both sides under that Keras policy (the
+recipes' `model.dtype`).
+
 The script also counts the floating-point operations of both parts
 (`torch.utils.flop_counter`) and prints the speed-up they allow at equal
 efficiency, (encoder + step) / step.
@@ -27,6 +30,7 @@ efficiency, (encoder + step) / step.
     python benchmarks/feature_cache.py --epochs 3 --captions short
     python benchmarks/feature_cache.py --epochs 3 --qformer bert-base
     python benchmarks/feature_cache.py --epochs 3 --batch-size 8 --images 32
+    python benchmarks/feature_cache.py --epochs 3 --dtype mixed_bfloat16
 """
 
 import argparse
@@ -72,11 +76,13 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--qformer", choices=["minilm", "bert-base"], default="minilm")
     parser.add_argument("--captions", choices=["stag", "short"], default="stag")
+    parser.add_argument("--dtype", choices=["float32", "mixed_bfloat16"], default="float32")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch fills the cache, "
                      "the speed-up is measured on the later ones")
     torch.set_num_threads(args.threads)
+    keras.config.set_dtype_policy(args.dtype)
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
 
@@ -134,7 +140,8 @@ def main():
     later = {k: statistics.median(v[1:]) for k, v in times.items()}
     print(f"{args.images} images, batch {args.batch_size}, ViT-B/16 encoder at 224 px, "
           f"{args.qformer} Q-Former, {args.captions} captions (mean "
-          f"{mask.sum(axis=1).mean():.0f} of {sequence_length} tokens), {args.threads} threads")
+          f"{mask.sum(axis=1).mean():.0f} of {sequence_length} tokens), {args.dtype}, "
+          f"{args.threads} threads")
     print(f"median epoch 2+: recompute {later['recompute']:.2f} s, cache {later['cache']:.2f} s")
     print(f"speed-up of the cache (epochs 2+): {later['recompute'] / later['cache']:.1f}x")
     print(f"GFLOP per image: encoder forward {encoder_flops / 1e9:.1f}, Q-Former train step "

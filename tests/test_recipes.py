@@ -117,6 +117,7 @@ def test_wrong_types_name_key_expected_and_received():
         ("finetune.learning_rate=-1e-4", "finetune.learning_rate must be > 0"),
         ("data.dataset=imagenet", "data.dataset must be one of voc_lt, coco_lt, synthetic"),
         ("finetune.classification_loss=focal", "classification_loss must be one of bce, asymmetric"),
+        ("model.dtype=float16", "model.dtype must be one of float32, mixed_bfloat16, got 'float16'"),
         ("data.num_classes=5", "applies only to dataset = 'synthetic'"),
         ("pretrain.warmup_fraction=1.5", r"warmup_fraction must be in \[0, 1\]"),
         ("pretrain.epochs=abc", "pretrain.epochs: expected int, got str 'abc'"),

@@ -93,6 +93,7 @@ def build_model(recipe, class_names, models_dir="models"):
             projection_dim=m.projection_dim,
             sequence_length=m.sequence_length,
             crop_to_aspect_ratio=recipe.data.crop_to_aspect_ratio,
+            dtype=m.dtype,
         )
     except ValueError as error:
         # A checkpoint that cannot be read, or [model] values beyond its limits

@@ -465,6 +465,38 @@ def test_mixed_bfloat16_reaches_every_part_and_scores_stay_float32():
     assert all(len(np.unique(probabilities[:, c])) == 64 for c in range(len(CLASS_NAMES)))
 
 
+def test_mixed_bfloat16_trains_with_float32_losses():
+    from kdpvlpa.losses import (co_occurrence_loss, global_contrastive_loss,
+                                query_contrastive_loss)
+
+    model = _tiny_model(dtype="mixed_bfloat16")
+    x, labels = _caption_batch(model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), phase="pretrain")
+    out = model(x)
+    assert out["image_queries"].dtype == torch.bfloat16
+    features = {k: ops.cast(out[k], "float32")
+                for k in ("image_queries", "text_cls", "text_tokens", "class_embeddings")}
+    tau = float(_np(model.temperature))
+    terms = model.loss_terms(None, out)
+    # The losses promote the bfloat16 features to float32 (kdpvlpa.losses).
+    expected = {
+        "gcl": global_contrastive_loss(features["image_queries"], features["text_cls"], tau),
+        "qcl": query_contrastive_loss(features["image_queries"], features["text_tokens"],
+                                      out["token_mask"], tau),
+    }
+    for name in ("gcl", "qcl"):
+        assert terms[name].dtype == torch.float32
+        np.testing.assert_allclose(_np(terms[name]), _np(expected[name]), rtol=1e-6, atol=1e-6)
+    _compile_finetune(model, labels)
+    terms = model.loss_terms(labels, out)
+    coa = co_occurrence_loss(features["image_queries"], features["class_embeddings"],
+                             model.co_occurrence, tau, model.beta)
+    np.testing.assert_allclose(_np(terms["coa"]), _np(coa), rtol=1e-6, atol=1e-6)
+    history = model.fit(x, labels, batch_size=4, epochs=2, verbose=0).history
+    assert all(np.isfinite(v).all() for v in history.values())
+    assert history["loss"][1] < history["loss"][0]
+
+
 def test_bad_inputs_and_arguments_name_the_problem():
     model = _tiny_model()
     with pytest.raises(TypeError, match="a list of names, not one string"):

@@ -122,3 +122,44 @@ def test_packing_edge_cases_and_misuse():
     with pytest.raises(ValueError, match="together"):
         cross(torch.zeros(2, 4, 16), context=torch.zeros(2, 5, 8),
               context_scale=torch.ones(8))
+
+
+def test_half_precision_attention_is_computed_in_float32_when_training_on_cpu(monkeypatch):
+    # PyTorch's CPU flash-attention backward is slow in bfloat16, so training
+    # on CPU runs the attention kernel in float32; inference keeps bfloat16.
+    from kdpvlpa.layers import QFormerAttention
+    from kdpvlpa.layers.qformer_attention import _attention_in_float32
+
+    x = torch.randn(2, 5, 16)
+    assert _attention_in_float32(x.bfloat16()) and _attention_in_float32(x.half())
+    assert not _attention_in_float32(x)
+    with torch.no_grad():
+        assert not _attention_in_float32(x.bfloat16())
+
+    torch.manual_seed(0)
+    full = QFormerAttention(16, 2)
+    mixed = QFormerAttention(16, 2, dtype="mixed_bfloat16")
+    hidden = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    full(hidden, padding_mask=mask)
+    mixed(hidden, padding_mask=mask)
+    mixed.set_weights(full.get_weights())
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, *args, **kwargs):
+        calls.append(query.dtype)
+        return original(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    out = mixed(hidden, padding_mask=mask, training=True)
+    with torch.no_grad():
+        mixed(hidden, padding_mask=mask)
+    monkeypatch.undo()
+    assert calls == [torch.float32, torch.bfloat16]
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.float().detach().numpy(),
+                               full(hidden, padding_mask=mask).detach().numpy(), atol=0.05)
+    out.float().sum().backward()
+    grads = [w.value.grad for w in mixed.trainable_weights]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -324,6 +324,15 @@ def test_model_settings_that_do_not_fit_the_checkpoints_name_the_key():
         build_model(recipe, ["dog", "cat"])
 
 
+def test_the_recipe_s_dtype_reaches_the_model():
+    from kdpvlpa.recipes import load_recipe
+    from kdpvlpa.training.pipeline import build_model
+
+    for dtype in ("float32", "mixed_bfloat16"):
+        model = build_model(load_recipe("demo", [f"model.dtype={dtype}"]), ["dog", "cat"])
+        assert {p.dtype_policy.name for p in (model, model.image_encoder, model.qformer)} == {dtype}
+
+
 def test_the_real_benchmarks_resize_whole_images_as_lmpt_and_dbl():
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import build_model
