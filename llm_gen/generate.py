@@ -79,6 +79,9 @@ def _base_record(split, item):
         "labels": list(item.labels),
         "tail_labels": list(item.tail_labels),
         "original_caption": item.original_caption,
+        # Which original captions the prompts were made from (all images'),
+        # so that `captions merge` can refuse shards made from others.
+        "original_captions": split.original_captions_digest,
     }
     return record
 
@@ -228,7 +231,8 @@ def record_settings(record):
         validation = _validation_setting(record.get("backend"), strict=True)
     return {"backend": record.get("backend"), "model": record.get("model"),
             "prompt_version": record.get("prompt_version"), "sampling": sampling,
-            "validation": validation, "chat_template": record.get("chat_template")}
+            "validation": validation, "chat_template": record.get("chat_template"),
+            "original_captions": record.get("original_captions")}
 
 
 def _model_key(model):
@@ -243,11 +247,16 @@ def differing_setting(found, wanted):
     """The first key whose value differs between two `run_settings`, or None.
 
     A `model` of None in `wanted` is not compared; models are compared by
-    their last path component.
+    their last path component. `original_captions` is compared only when
+    both records have it (records written before it existed lack it; a
+    resumed run compares each image's original caption instead).
     """
     for key, value in wanted.items():
         if key == "model":
             if value is not None and _model_key(found[key]) != _model_key(value):
+                return key
+        elif key == "original_captions":
+            if None not in (value, found.get(key)) and found[key] != value:
                 return key
         elif found[key] != value:
             return key
@@ -402,6 +411,7 @@ def _template_record(split, item, backend, shard, strict):
     violations = validate(raw, item.labels, item.tail_labels, split.class_names,
                           strict=strict)
     record = _base_record(split, item)
+    record["original_captions"] = None  # the template reads no caption
     return _finish_record(
         record, raw, "valid" if not violations else "fallback", "template", 0,
         violations, None, backend, shard, None, strict,

@@ -8,6 +8,8 @@ captions come from a JSON with keys `image_ids` and `captions`, in the format of
 """
 
 import dataclasses
+import functools
+import hashlib
 import importlib.resources
 import json
 import os
@@ -71,6 +73,20 @@ class Split:
     @property
     def image_ids(self):
         return [item.image_id for item in self.items]
+
+    @functools.cached_property
+    def original_captions_digest(self):
+        """A short digest of every image's original caption, or `"none"`.
+
+        LLM records carry it, so that files whose prompts were made from
+        other original captions (another `--original-captions` file, or
+        `--no-original-captions`) are not resumed or merged together.
+        """
+        if all(item.original_caption is None for item in self.items):
+            return "none"
+        pairs = [[str(item.image_id), item.original_caption] for item in self.items]
+        payload = json.dumps(pairs, ensure_ascii=False).encode("utf-8")
+        return "sha256:" + hashlib.sha256(payload).hexdigest()[:16]
 
 
 def natural_class_name(name):

@@ -141,10 +141,13 @@ def merge_shards(shard_paths, out_path, split=None, overwrite=False):
             if first is None:
                 first = (settings, os.fspath(path))
             elif (key := differing_setting(settings, first[0])) is not None:
+                hint = (" (prompts made from other original captions: "
+                        "--original-captions, --no-original-captions)"
+                        if key == "original_captions" else "")
                 raise CaptionFileError(
                     f"Cannot merge: {first[1]} was written with {key} "
                     f"{first[0][key]!r} but {path} (image {record['image_id']!r}) with "
-                    f"{settings[key]!r}; one file holds captions of one setting."
+                    f"{settings[key]!r}{hint}; one file holds captions of one setting."
                 )
             image_id = record["image_id"]
             if image_id in by_id:

@@ -1,6 +1,7 @@
 """Generation with scripted backends: statuses, retries, fallback, resume,
 shards, the CLI, stats and merge."""
 
+import hashlib
 import json
 
 import pytest
@@ -843,3 +844,37 @@ def test_progress_counts_an_llm_batch_once_its_records_are_on_disk(split, tmp_pa
     generate_captions(split, make_backend("template"), tmp_path / "t.jsonl", limit=3,
                       progress=calls.append)
     assert calls == [0, 1, 1, 1]  # the template backend counts per image
+
+
+def test_merge_refuses_shards_made_from_other_original_captions(split, tiny_split_files,
+                                                                tmp_path):
+    from llm_gen.stats import merge_shards
+
+    split_path, _ = tiny_split_files
+    bare = load_split(split_file=split_path, use_original_captions=False)
+    # The digest covers every image's original caption, by hand here.
+    pairs = [[f"img_{i:03d}", f"a photo number {i} with a surfboard"] for i in range(12)]
+    digest = "sha256:" + hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+    assert split.original_captions_digest == digest and bare.original_captions_digest == "none"
+
+    shards = [tmp_path / f"s{i}.jsonl" for i in range(3)]
+    generate_captions(split, ScriptedBackend(always_valid), shards[0], shard=Shard(0, 2))
+    generate_captions(bare, ScriptedBackend(always_valid), shards[1], shard=Shard(1, 2))
+    generate_captions(split, ScriptedBackend(always_valid), shards[2], shard=Shard(1, 2))
+    assert {r["original_captions"] for r in read(shards[0])} == {digest}
+    assert {r["original_captions"] for r in read(shards[1])} == {"none"}
+    merged = tmp_path / "merged.jsonl"
+    with pytest.raises(CaptionFileError, match=f"original_captions '{digest}' but .* with "
+                                               "'none' \\(prompts made from other original"):
+        merge_shards(shards[:2], merged, split=split)
+    assert not merged.exists()
+    assert merge_shards([shards[0], shards[2]], merged, split=split) == 12
+    # Records written before the field existed are not compared on it.
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "original_captions"})
+                           + "\n" for r in read(shards[1])))
+    assert merge_shards([shards[0], old], merged, split=split, overwrite=True) == 12
+    # The template backend reads no caption: its records carry none.
+    template = tmp_path / "t.jsonl"
+    generate_captions(split, make_backend("template"), template, limit=1)
+    assert read(template)[0]["original_captions"] is None
