@@ -205,6 +205,7 @@ def feature_source(model, paths, cache_dir, flips, batch_size, verbose):
 
 def predict_scores(model, dataset, cache_dir=None, batch_size=64, verbose=True):
     """Per-class probabilities `(N, C)` for every image of `dataset`."""
+    import torch
     from keras import ops
 
     from kdpvlpa.training.feature_cache import load_training_image
@@ -221,7 +222,11 @@ def predict_scores(model, dataset, cache_dir=None, batch_size=64, verbose=True):
             x = {"images": np.stack([load_training_image(p, pre.image_size,
                                                          pre.crop_to_aspect_ratio)
                                      for p in dataset.image_paths[start:stop]])}
-        scores.append(ops.convert_to_numpy(model(x, training=False)["probabilities"]))
+        # As `model.predict`: no autograd graph, and the same attention
+        # kernels (a bfloat16 policy keeps bfloat16 attention in inference).
+        with torch.no_grad():
+            probabilities = model(x, training=False)["probabilities"]
+        scores.append(ops.convert_to_numpy(probabilities))
     return np.concatenate(scores).astype("float64")
 
 

@@ -487,6 +487,9 @@ def test_mixed_bfloat16_trains_with_float32_losses():
     for name in ("gcl", "qcl"):
         assert terms[name].dtype == torch.float32
         np.testing.assert_allclose(_np(terms[name]), _np(expected[name]), rtol=1e-6, atol=1e-6)
+    history = model.fit(x, epochs=2, batch_size=4, verbose=0).history
+    assert all(np.isfinite(v).all() for v in history.values())
+    assert history["loss"][1] < history["loss"][0]
     _compile_finetune(model, labels)
     terms = model.loss_terms(labels, out)
     coa = co_occurrence_loss(features["image_queries"], features["class_embeddings"],

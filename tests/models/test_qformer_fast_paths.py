@@ -133,6 +133,7 @@ def test_half_precision_attention_is_computed_in_float32_when_training_on_cpu(mo
     x = torch.randn(2, 5, 16)
     assert _attention_in_float32(x.bfloat16()) and _attention_in_float32(x.half())
     assert not _attention_in_float32(x)
+    assert not _attention_in_float32(torch.empty(2, 5, 16, dtype=torch.bfloat16, device="meta"))
     with torch.no_grad():
         assert not _attention_in_float32(x.bfloat16())
 

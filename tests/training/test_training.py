@@ -333,6 +333,34 @@ def test_the_recipe_s_dtype_reaches_the_model():
         assert {p.dtype_policy.name for p in (model, model.image_encoder, model.qformer)} == {dtype}
 
 
+def test_evaluation_scores_equal_model_predict_under_mixed_bfloat16(tmp_path):
+    # Keras' predict runs without autograd, so a bfloat16 policy keeps its
+    # bfloat16 attention; evaluation must score images the same way.
+    from types import SimpleNamespace
+
+    import keras
+    from PIL import Image
+
+    from kdpvlpa.models import DPVLPA
+    from kdpvlpa.training import load_training_image
+    from kdpvlpa.training.pipeline import predict_scores
+
+    keras.utils.set_random_seed(0)
+    model = DPVLPA.from_presets("tiny_random_vit", "tiny_random_bert", ["dog", "cat", "car"],
+                                num_query_tokens=4, sequence_length=24,
+                                dtype="mixed_bfloat16")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    dataset = SimpleNamespace(image_paths=paths, num_images=len(paths))
+    scores = predict_scores(model, dataset, batch_size=2, verbose=False)
+    model.invalidate_class_embeddings()
+    images = np.stack([load_training_image(p, 64) for p in paths])
+    np.testing.assert_array_equal(scores, model.predict(images, batch_size=2, verbose=0))
+
+
 def test_the_real_benchmarks_resize_whole_images_as_lmpt_and_dbl():
     from kdpvlpa.recipes import load_recipe
     from kdpvlpa.training.pipeline import build_model

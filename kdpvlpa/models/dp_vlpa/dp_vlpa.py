@@ -348,8 +348,13 @@ class DPVLPA(keras.Model):
             token_ids, padding_mask = self._prompt_inputs()
             return self.encode_text(token_ids, padding_mask, training=False)[0]
         if self._class_embedding_cache is None:
+            import torch
+
             token_ids, padding_mask = self._prompt_inputs()
-            cls_features = self.encode_text(token_ids, padding_mask, training=False)[0]
+            # The cache holds no gradient: computed without autograd, so that
+            # the same kernels fill it whether or not the caller records one.
+            with torch.no_grad():
+                cls_features = self.encode_text(token_ids, padding_mask, training=False)[0]
             self._class_embedding_cache = ops.stop_gradient(cls_features)
         return self._class_embedding_cache
 
