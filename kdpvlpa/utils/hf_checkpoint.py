@@ -46,9 +46,17 @@ def _load_file(file):
         return load_file(str(file))
     import torch
 
-    state = torch.load(str(file), map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in state.items()}
+    return tensors_to_numpy(torch.load(str(file), map_location="cpu", weights_only=True))
+
+
+def tensors_to_numpy(state):
+    """The tensors of a PyTorch state dict as `{name: np.ndarray}`, floating
+    ones in float32 (checkpoints in float16 or bfloat16, which NumPy lacks);
+    entries that are not tensors (a training checkpoint's epoch) are left out."""
+    import torch
+
+    return {name: (value.float() if value.is_floating_point() else value).numpy()
+            for name, value in state.items() if isinstance(value, torch.Tensor)}
 
 
 def read_hf_weights(path):

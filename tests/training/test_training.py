@@ -338,17 +338,12 @@ def test_evaluation_scores_equal_model_predict_under_mixed_bfloat16(tmp_path):
     # bfloat16 attention; evaluation must score images the same way.
     from types import SimpleNamespace
 
-    import keras
     from PIL import Image
 
-    from kdpvlpa.models import DPVLPA
     from kdpvlpa.training import load_training_image
     from kdpvlpa.training.pipeline import predict_scores
 
-    keras.utils.set_random_seed(0)
-    model = DPVLPA.from_presets("tiny_random_vit", "tiny_random_bert", ["dog", "cat", "car"],
-                                num_query_tokens=4, sequence_length=24,
-                                dtype="mixed_bfloat16")
+    model = tiny_model(["dog", "cat", "car"], dtype="mixed_bfloat16")
     rng = np.random.default_rng(0)
     paths = []
     for i in range(5):

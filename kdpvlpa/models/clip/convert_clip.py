@@ -24,6 +24,7 @@ from kdpvlpa.utils.hf_checkpoint import (
     is_hf_folder,
     read_hf_config,
     read_hf_weights,
+    tensors_to_numpy,
 )
 
 # Small randomly initialised encoders that need no file: for the offline demo
@@ -57,6 +58,18 @@ def clip_config_from_hf(config, source):
         intermediate_activation=act,
         image_size=config.get("image_size", 224),
     )
+
+
+def _build_from_hf(config, weights, source, kwargs):
+    """The encoder a Hugging Face CLIP config describes, holding `weights`
+    (Hugging Face names); `kwargs` override the config."""
+    from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
+
+    args = clip_config_from_hf(config, source)
+    args.update(kwargs)
+    model = CLIPVisionEncoder(**args)
+    load_hf_clip_weights(model, weights, source)
+    return model
 
 
 def _layer_norm(layer, reader, name):
@@ -128,13 +141,7 @@ def _is_torchscript_archive(file):
 
 
 def _as_numpy(state, source):
-    import torch
-
-    arrays = {}
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor):
-            # OpenAI's files are float16; NumPy has no bfloat16.
-            arrays[name] = (value.float() if value.is_floating_point() else value).numpy()
+    arrays = tensors_to_numpy(state)  # OpenAI's files are float16
     if not arrays:
         raise ValueError(f"{source} holds no tensors.")
     return arrays
@@ -341,8 +348,6 @@ def _open_clip_folder_settings(path):
 
 def _load_open_clip(path, kwargs):
     """Builds the encoder from an OpenAI/open_clip file or open_clip folder."""
-    from kdpvlpa.models.clip.clip_vision_encoder import CLIPVisionEncoder
-
     source = str(path)
     activation = kwargs.pop("intermediate_activation", None)
     num_heads = kwargs.pop("num_heads", None)
@@ -377,11 +382,7 @@ def _load_open_clip(path, kwargs):
             activation = "quick_gelu"
     hf_weights, hf_config = clip_weights_from_open_clip(weights, source, activation,
                                                         head_width, num_heads)
-    args = clip_config_from_hf(hf_config, source)
-    args.update(kwargs)
-    model = CLIPVisionEncoder(**args)
-    load_hf_clip_weights(model, hf_weights, source)
-    return model
+    return _build_from_hf(hf_config, hf_weights, source, kwargs)
 
 
 def _is_keras_hub_preset(path):
@@ -449,9 +450,4 @@ def load_clip_vision_preset(preset, **kwargs):
         return model
     if _is_keras_hub_preset(path):
         return _from_keras_hub(path, **kwargs)
-    config = read_hf_config(path)
-    args = clip_config_from_hf(config, str(path))
-    args.update(kwargs)
-    model = CLIPVisionEncoder(**args)
-    load_hf_clip_weights(model, read_hf_weights(path), str(path))
-    return model
+    return _build_from_hf(read_hf_config(path), read_hf_weights(path), str(path), kwargs)
